@@ -1,0 +1,243 @@
+"""In-memory data module for small image sets: decode once, sample a seeded subset, augment per epoch.
+
+Subclasses only say how to read the three splits (:meth:`SmallImageDataModule.load_splits`); the
+subset sampling, resizing, augmentation, class bookkeeping and loaders live here, so an npz file and
+a folder of images train exactly the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from smallmed.datamodules.sampling import Sampling, class_counts, sample_subset
+from smallmed.datamodules.transforms import eval_transform, resize_uint8, train_transform
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split held in memory: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int ``(N,)`` or multi-hot ``(N, K)``."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+
+
+class TensorImageDataset(Dataset):
+    """uint8 images held in memory, with a per-sample transform."""
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray, transform=None) -> None:
+        self.images = images
+        self.labels = torch.as_tensor(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index]
+
+
+class SmallImageDataModule(L.LightningDataModule):
+    """Base for smallmed's data modules (see the module docstring).
+
+    Args:
+        train_size: training images to draw from the train split (``None``: all).
+        sampling: ``balanced`` (N/C per class, the paper's choice), ``stratified`` or ``random``.
+        class_counts: explicit ``{class index: count}`` instead of ``train_size``.
+        seed: subset seed; subsets of one seed are nested across ``train_size``.
+        image_size: network input size (pixels, square).
+        resize_to: size images are stored at before the random / centre crop (default
+            ``image_size * 17 / 16``, about the paper's 250 -> 234 ratio).
+        rotation: random rotation range in degrees (0 turns it off).
+        hflip: random horizontal flips.
+        batch_size: training batch size (the paper uses 16).
+        eval_batch_size: batch size for val / test / predict.
+        num_workers: loader workers; 0 is fastest for in-memory uint8 tensors at small sizes.
+        num_classes: expected classes; derived from the labels when ``None``, checked when given.
+        class_names: names of the classes, in label order.
+        task: ``binary``, ``multiclass`` or ``multilabel``; derived from the labels when ``None``.
+    """
+
+    def __init__(
+        self,
+        train_size: int | None = None,
+        sampling: Sampling = "balanced",
+        class_counts: Mapping[int, int] | None = None,
+        seed: int = 0,
+        image_size: int = 64,
+        resize_to: int | None = None,
+        rotation: float = 10.0,
+        hflip: bool = True,
+        batch_size: int = 16,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        task: Literal["binary", "multiclass", "multilabel"] | None = None,
+    ) -> None:
+        super().__init__()
+        if image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        self.train_size = train_size
+        self.sampling = sampling
+        self.per_class = dict(class_counts) if class_counts is not None else None
+        self.seed = seed
+        self.image_size = image_size
+        self.resize_to = resize_to or max(image_size, round(image_size * 17 / 16))
+        if self.resize_to < image_size:
+            raise ValueError(f"resize_to ({self.resize_to}) must be at least image_size ({image_size})")
+        self.rotation = rotation
+        self.hflip = hflip
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self._num_classes = num_classes
+        self._class_names = list(class_names) if class_names is not None else None
+        self._task = task
+        self.splits: dict[str, Split] = {}
+        self.train_indices: np.ndarray | None = None
+        self._labels_cache: dict[str, np.ndarray] | None = None
+
+    # --------------------------------------------------------- for subclasses
+    def load_splits(self) -> dict[str, Split]:
+        """Read the train, val and test splits (uint8 images, labels). Called once per process."""
+        raise NotImplementedError
+
+    def load_labels(self) -> dict[str, np.ndarray]:
+        """Labels of every split, cheaply (no image decoding); used before ``setup`` for ``num_classes``."""
+        return {name: split.labels for name, split in self.load_splits().items()}
+
+    def source_name(self) -> str:
+        """What the data came from, for messages."""
+        return type(self).__name__
+
+    # ------------------------------------------------------- class bookkeeping
+    def _labels(self) -> dict[str, np.ndarray]:
+        if self._labels_cache is None:
+            self._labels_cache = self.load_labels()
+            self._check_labels(self._labels_cache)
+        return self._labels_cache
+
+    def _check_labels(self, labels: dict[str, np.ndarray]) -> None:
+        derived = self._derived_num_classes(labels)
+        expected = self._num_classes if self._num_classes is not None else derived
+        for split, y in labels.items():
+            if y.ndim > 1:
+                if y.shape[1] != expected:
+                    raise ValueError(
+                        f"{self.source_name()}: {split} labels have {y.shape[1]} columns, num_classes is {expected}"
+                    )
+                continue
+            bad = np.unique(y[(y < 0) | (y >= expected)])
+            if bad.size:
+                raise ValueError(
+                    f"{self.source_name()}: {split} labels {bad.tolist()[:10]} do not fit num_classes={expected} "
+                    f"(valid labels are 0..{expected - 1})"
+                )
+        if self._class_names is not None and len(self._class_names) != expected:
+            raise ValueError(
+                f"{self.source_name()}: {len(self._class_names)} class_names given for {expected} classes"
+            )
+
+    @staticmethod
+    def _derived_num_classes(labels: dict[str, np.ndarray]) -> int:
+        first = next(iter(labels.values()))
+        if first.ndim > 1:
+            return int(first.shape[1])
+        return int(max(int(y.max()) for y in labels.values() if y.size) + 1)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes (labels for multi-label data); the model reads it from here."""
+        if self._num_classes is None:
+            self._num_classes = self._derived_num_classes(self._labels())
+        else:
+            self._labels()
+        return self._num_classes
+
+    @property
+    def task(self) -> str:
+        if self._task is None:
+            first = next(iter(self._labels().values()))
+            self._task = "multilabel" if first.ndim > 1 else ("binary" if self.num_classes == 2 else "multiclass")
+        return self._task
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._class_names or [str(i) for i in range(self.num_classes)]
+
+    # -------------------------------------------------------------- lightning
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:  # safe to call twice (fit then test)
+            return
+        self._labels()
+        splits = self.load_splits()
+        missing = [s for s in SPLITS if s not in splits]
+        if missing:
+            raise ValueError(f"{self.source_name()} lacks the split(s) {missing}")
+        train = splits["train"]
+        self.train_indices = sample_subset(
+            train.labels,
+            size=self.train_size,
+            seed=self.seed,
+            sampling=self.sampling if train.labels.ndim == 1 else "random",
+            per_class=self.per_class,
+            class_names=self.class_names,
+        )
+        index = torch.as_tensor(self.train_indices)
+        splits["train"] = Split(train.images[index], train.labels[self.train_indices])
+        self.splits = {name: Split(resize_uint8(s.images, self.resize_to), s.labels) for name, s in splits.items()}
+        print(self.summary_text())
+
+    def summary(self) -> dict[str, list[int]]:
+        """Images per class per split, after subset sampling."""
+        return {name: class_counts(s.labels, self.num_classes) for name, s in self.splits.items()}
+
+    def summary_text(self) -> str:
+        rows = [f"{self.source_name()}: seed {self.seed}, {self.sampling} subset, {self.image_size}px"]
+        rows.append("  split  " + " ".join(f"{n:>10}" for n in self.class_names) + "      total")
+        for split, counts in self.summary().items():
+            rows.append(f"  {split:<6} " + " ".join(f"{c:>10}" for c in counts) + f" {len(self.splits[split].labels):>10}")
+        return "\n".join(rows)
+
+    def dataset(self, split: str) -> TensorImageDataset:
+        s = self.splits[split]
+        if split == "train":
+            transform = train_transform(self.image_size, self.rotation, self.hflip)
+        else:
+            transform = eval_transform(self.image_size)
+        return TensorImageDataset(s.images, s.labels, transform)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.dataset("train"),
+            batch_size=min(self.batch_size, len(self.splits["train"].labels)),
+            shuffle=True,
+            drop_last=len(self.splits["train"].labels) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+

@@ -1,0 +1,202 @@
+"""The smallmed LightningModule: any timm backbone, the paper's training options, medical metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from smallmed import tasks
+from smallmed.backbone import create_backbone, normalization_stats
+from smallmed.callbacks.layer_groups import LayerGroups, timm_layer_groups
+from smallmed.schedules import SCHEDULES, Schedule, build_scheduler
+from smallmed.weights import load_pretrained
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class SmallMedClassifier(L.LightningModule):
+    """Image classifier over any timm backbone, built for 50 to 2,000 training images.
+
+    The module takes uint8 (0..255) or float (0..1) images with 1 or 3 channels and normalises them
+    itself with the statistics the backbone's pretrained weights expect, so data modules can hold
+    compact uint8 tensors and no pipeline can forget the normalisation.
+
+    Args:
+        backbone: any timm architecture name, e.g. ``tf_efficientnet_lite0``, ``resnet18``.
+        num_classes: classes (labels for ``multilabel``); ``binary`` needs 2 and trains one logit.
+        task: ``binary`` (BCE, as the paper), ``multiclass`` (cross-entropy) or ``multilabel`` (BCE per label).
+        in_chans: channels the backbone takes. Grey images are repeated to 3 channels for a 3-channel
+            backbone; with 1, pretrained 3-channel stem weights are summed into one channel (timm's way).
+        pretrained: ``true`` for timm hub weights, ``false`` for random init, or a path to a
+            ``.safetensors``/``.pth`` file or an earlier smallmed checkpoint (targeted transfer: the
+            backbone is taken, the head is rebuilt for ``num_classes``).
+        drop_rate: dropout before the classifier (the paper's head dropout).
+        optimizer: ``adam`` (the paper), ``adamw`` or ``sgd``.
+        lr: peak LR of the head. Per-group LRs come from the ``DiscriminativeLR`` callback.
+        lr_schedule: ``one_cycle`` (the paper), ``constant``, ``plateau`` (the paper's "regular"
+            training: divide by 10 on a val-loss plateau), ``cosine``, or ``fastai_fine_tune``
+            (one frozen cycle of ``freeze_epochs``, then a fresh cycle at half the LR).
+        tta: average four passes (image, flipped, two corner crops) at test and predict time.
+        num_groups: layer groups returned by :meth:`layer_groups` (3: early body, late body, head).
+        class_names: names for per-class metrics and predictions.
+
+    Example:
+        >>> model = SmallMedClassifier("test_resnet", num_classes=2, pretrained=False)
+        >>> model(torch.zeros(2, 1, 32, 32, dtype=torch.uint8)).shape
+        torch.Size([2, 1])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        num_classes: int = 2,
+        task: Literal["binary", "multiclass", "multilabel"] = "binary",
+        in_chans: Literal[1, 3] = 3,
+        pretrained: bool | str = True,
+        drop_rate: float = 0.0,
+        optimizer: Literal["adam", "adamw", "sgd"] = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        lr_schedule: Schedule = "one_cycle",
+        pct_start: float = 0.3,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        plateau_patience: int = 3,
+        freeze_epochs: int = 1,
+        tta: bool = False,
+        num_groups: int = 3,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        tasks.check_task(task, num_classes)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if lr_schedule not in SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+        if isinstance(pretrained, Path):
+            pretrained = str(pretrained)
+        self.save_hyperparameters()
+        self.task = task
+        self.backbone = create_backbone(backbone, tasks.num_outputs(task, num_classes), in_chans, drop_rate)
+        self.weights_source = load_pretrained(self.backbone, backbone, pretrained)
+        mean, std = normalization_stats(self.backbone, in_chans)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.val_metrics = tasks.metrics(task, num_classes, "val/")
+        self.test_metrics = tasks.metrics(task, num_classes, "test/")
+
+    # ----------------------------------------------------------------- model
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or 0..1 float images -> normalised float tensor with ``in_chans`` channels."""
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        channels = self.hparams.in_chans
+        if x.shape[1] != channels:
+            if x.shape[1] == 1:
+                x = x.expand(-1, channels, -1, -1)
+            elif channels == 1:
+                x = x.mean(dim=1, keepdim=True)
+            else:
+                raise ValueError(f"images have {x.shape[1]} channels; the model takes {channels}")
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits: ``(B, 1)`` for binary, ``(B, num_classes)`` otherwise."""
+        return self.backbone(self.preprocess(images))
+
+    def layer_groups(self, num_groups: int | None = None) -> LayerGroups:
+        """Ordered ``{group: [parameter names]}`` from timm's ``group_matcher``; the head is last."""
+        return timm_layer_groups(self.backbone, num_groups or self.hparams.num_groups, prefix="backbone")
+
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, averaged over test-time augmentation passes when ``tta`` is on."""
+        views = tta_views(images) if self.hparams.tta else [images]
+        return torch.stack([tasks.probabilities(self.task, self(v)) for v in views]).mean(0)
+
+    # --------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, target = batch
+        loss = tasks.loss(self.task, self(images), target)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, target = batch
+        logits = self(images)
+        self.log("val/loss", tasks.loss(self.task, logits, target), on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.val_metrics.update(tasks.probabilities(self.task, logits), target.long())
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, target = batch
+        self.test_metrics.update(self.predict_proba(images), target.long())
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.predict_proba(images)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics)
+
+    def _log_metrics(self, collection) -> None:
+        values = {}
+        for key, value in collection.compute().items():
+            if value.ndim == 0:
+                values[key] = value
+            else:  # per-class AUROC
+                stem = key.replace("_per_class", "")
+                for name, v in zip(self.class_names, value):
+                    values[f"{stem}/{name}"] = v
+        self.log_dict(values, prog_bar=False, sync_dist=False)
+        collection.reset()
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        kwargs: dict = {"lr": hp.lr, "weight_decay": hp.weight_decay}
+        if hp.optimizer == "sgd":
+            kwargs["momentum"] = hp.momentum
+        optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        scheduler = build_scheduler(
+            hp.lr_schedule,
+            optimizer,
+            total,
+            steps_per_epoch,
+            pct_start=hp.pct_start,
+            div_factor=hp.div_factor,
+            final_div_factor=hp.final_div_factor,
+            plateau_patience=hp.plateau_patience,
+            freeze_epochs=hp.freeze_epochs,
+        )
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def tta_views(images: torch.Tensor, crop: float = 0.9) -> list[torch.Tensor]:
+    """The paper's four test-time passes: the image, its mirror, and two corner crops resized back."""
+    h, w = images.shape[-2:]
+    ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
+    x = images.float()
+
+    def resized(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+
+    views = [x, torch.flip(x, dims=[-1]), resized(x[..., :ch, :cw]), resized(x[..., h - ch :, w - cw :])]
+    if images.dtype == torch.uint8:
+        views = [v if v is x else v.round().clamp_(0, 255) for v in views]
+        views = [v.to(torch.uint8) for v in views]
+    return views
+
