@@ -1,0 +1,218 @@
+"""Gradual unfreezing: train the head first, then unfreeze the body group by group.
+
+The paper's schedule trains only the head, unfreezes the late body at 10% of the training steps and
+the early body at 20%, all inside one LR cycle; fastai's ``fine_tune`` trains the head for one cycle,
+then unfreezes everything for a fresh one. Both are milestone lists here (``[0.1, 0.2]`` as fractions
+of training; ``[1, 1]`` in epochs).
+
+How freezing is done, and why:
+
+* The optimizer always holds every parameter; nothing is added mid-training, so any scheduler and
+  any checkpoint keep working. A frozen parameter's gradient is dropped before each optimizer step,
+  so Adam/AdamW/SGD skip it: no gradient step, no weight decay, no momentum. It stays bit-for-bit
+  unchanged, and it has no optimizer state when it unfreezes (any stale state is cleared).
+* On one device, frozen parameters also get ``requires_grad=False`` so their backward is skipped.
+  Under DDP (or any parallel strategy), ``requires_grad`` never changes after the model is wrapped:
+  DDP fixes the set of synchronised parameters at wrap time, and toggling it is what breaks gradual
+  unfreezing under DDP elsewhere (unsynchronised grads, reduction errors). The gradients are computed
+  and all-reduced, then dropped on every rank alike.
+* The phase is a pure function of the step (or epoch) counter that checkpoints restore, so a resumed
+  run is in the same phase at the same step.
+
+BatchNorm in frozen groups (``bn_policy``), which matters with batches of 16 medical images:
+
+``train``
+    fastai's default: norm layers keep updating running statistics and their affine weights keep
+    training while the rest of their group is frozen.
+``freeze_stats``
+    BatchNorm layers of frozen groups run in eval mode (running statistics used and not updated);
+    their affine weights still train.
+``freeze_all``
+    Eval mode and frozen affine weights: a frozen group, buffers included, is exactly unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import ParallelStrategy
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from typing_extensions import override
+
+from smallmed.callbacks.layer_groups import GroupPatterns, LayerGroups, resolve_layer_groups
+
+Unit = Literal["fraction", "step", "epoch"]
+BNPolicy = Literal["train", "freeze_stats", "freeze_all"]
+NORM_TYPES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+class GradualUnfreezing(Callback):
+    """Freeze all layer groups but the head, then unfreeze them from the head backwards at milestones.
+
+    Milestone ``i`` unfreezes the ``i``-th group counted back from the head: with three groups
+    (early, late, head) and ``milestones=[0.1, 0.2]``, the late body unfreezes at 10% of training and
+    the early body at 20%. Groups without a milestone stay frozen (``milestones=[]`` is a feature
+    extractor). Repeating a milestone unfreezes several groups at once.
+
+    Args:
+        milestones: when each body group unfreezes, non-decreasing, in ``unit``.
+        unit: ``fraction`` of the total optimizer steps, optimizer ``step``, or ``epoch``.
+        bn_policy: what happens to normalisation layers of frozen groups (see the module docstring).
+        groups: regex patterns, one entry per group (input to head), for modules with neither
+            ``layer_groups()`` nor a timm model.
+        num_groups: groups to cut a timm model into when the module has no ``layer_groups()``.
+
+    Example:
+        >>> trainer = L.Trainer(callbacks=[GradualUnfreezing(milestones=[0.1, 0.2])])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        milestones: Sequence[float] = (0.1, 0.2),
+        unit: Unit = "fraction",
+        bn_policy: BNPolicy = "train",
+        groups: GroupPatterns | None = None,
+        num_groups: int | None = 3,
+    ) -> None:
+        if unit not in ("fraction", "step", "epoch"):
+            raise ValueError(f"unknown unit {unit!r}; choose fraction, step or epoch")
+        if bn_policy not in ("train", "freeze_stats", "freeze_all"):
+            raise ValueError(f"unknown bn_policy {bn_policy!r}; choose train, freeze_stats or freeze_all")
+        milestones = list(milestones)
+        if any(b < a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"milestones must be non-decreasing, got {milestones}")
+        if any(m < 0 for m in milestones):
+            raise ValueError(f"milestones must be >= 0, got {milestones}")
+        if unit == "fraction" and any(m > 1 for m in milestones):
+            raise ValueError(f"fraction milestones must lie in [0, 1], got {milestones}. HINT: use unit: step or epoch")
+        if unit != "fraction" and any(m != int(m) for m in milestones):
+            raise ValueError(f"{unit} milestones must be whole numbers, got {milestones}")
+        self.milestones = milestones
+        self.unit = unit
+        self.bn_policy = bn_policy
+        self.patterns = groups
+        self.num_groups = num_groups
+        self.layer_groups: LayerGroups = {}
+        self.unfreeze_order: list[str] = []
+        self.frozen: set[str] = set()
+        self._params: dict[str, list[nn.Parameter]] = {}
+        self._bn_modules: dict[str, list[nn.Module]] = {}
+        self._toggle_requires_grad = True
+        self._milestone_steps: list[int] | None = None
+
+    # ------------------------------------------------------------------ setup
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.layer_groups = resolve_layer_groups(pl_module, self.patterns, self.num_groups)
+        names = list(self.layer_groups)
+        body = names[:-1]
+        if len(self.milestones) > len(body):
+            raise ValueError(
+                f"{len(self.milestones)} milestones but only {len(body)} body groups to unfreeze {body}; "
+                "HINT: one milestone per body group, from the head backwards"
+            )
+        self.unfreeze_order = list(reversed(body))
+        # Under a parallel strategy the model is wrapped after setup: never change requires_grad there.
+        self._toggle_requires_grad = not isinstance(trainer.strategy, ParallelStrategy)
+        params = dict(pl_module.named_parameters())
+        norm_param_ids = set()
+        self._bn_modules = {g: [] for g in names}
+        owner = {n: g for g, members in self.layer_groups.items() for n in members}
+        for mname, module in pl_module.named_modules():
+            if isinstance(module, NORM_TYPES):
+                pnames = [f"{mname}.{n}" for n, _ in module.named_parameters(recurse=False)]
+                norm_param_ids.update(id(params[n]) for n in pnames)
+                group = owner.get(pnames[0]) if pnames else None
+                if group is not None and isinstance(module, _BatchNorm):
+                    self._bn_modules[group].append(module)
+        keep_norm_training = self.bn_policy in ("train", "freeze_stats")
+        self._params = {
+            g: [params[n] for n in members if not (keep_norm_training and id(params[n]) in norm_param_ids)]
+            for g, members in self.layer_groups.items()
+        }
+
+    def milestone_steps(self, trainer: L.Trainer) -> list[int]:
+        """Milestones as optimizer steps (fractions are of ``trainer.estimated_stepping_batches``)."""
+        if self.unit == "fraction":
+            total = int(trainer.estimated_stepping_batches)
+            return [round(m * total) for m in self.milestones]
+        return [int(m) for m in self.milestones]
+
+    def frozen_groups_at(self, step: int, epoch: int) -> set[str]:
+        """The body groups frozen at this optimizer step / epoch."""
+        counter = epoch if self.unit == "epoch" else step
+        thresholds = self.milestones if self.unit == "epoch" else self._milestone_steps or []
+        released = sum(1 for t in thresholds if counter >= t)
+        return set(self.unfreeze_order[released:])
+
+    # ------------------------------------------------------------ the phases
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the checkpoint's step counter is restored: a resumed run starts in its own phase.
+        self._milestone_steps = self.milestone_steps(trainer)
+        self.frozen = set()
+        self._apply(trainer, force=True)
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._apply(trainer)
+        self._set_bn_modes()
+        pl_module.log("unfreezing/trainable_groups", float(len(self.layer_groups) - len(self.frozen)), on_step=True, on_epoch=False, batch_size=1)
+
+    @override
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        for group in self.frozen:
+            for p in self._params[group]:
+                p.grad = None
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Leave the module as found: trainable, norm layers following the module's own mode.
+        for group in self.frozen:
+            for p in self._params[group]:
+                p.requires_grad_(True)
+        self.frozen = set()
+
+    def _apply(self, trainer: L.Trainer, force: bool = False) -> None:
+        target = self.frozen_groups_at(trainer.global_step, trainer.current_epoch)
+        if target == self.frozen and not force:
+            return
+        newly_unfrozen = self.frozen - target if not force else set(self.layer_groups) - target
+        for group in newly_unfrozen:
+            for module in self._bn_modules[group]:
+                module.train(trainer.lightning_module.training)
+            for p in self._params[group]:
+                if self._toggle_requires_grad:
+                    p.requires_grad_(True)
+                for optimizer in trainer.optimizers:
+                    if not force:  # a resumed run keeps the state its checkpoint restored
+                        optimizer.state.pop(p, None)
+        for group in target:
+            for p in self._params[group]:
+                if self._toggle_requires_grad:
+                    p.requires_grad_(False)
+                p.grad = None
+        self.frozen = target
+
+    def _set_bn_modes(self) -> None:
+        if self.bn_policy == "train":
+            return
+        for group in self.frozen:
+            for module in self._bn_modules[group]:
+                module.eval()
+
+    # ---------------------------------------------------------------- resume
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"frozen": sorted(self.frozen), "milestone_steps": list(self._milestone_steps or [])}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # The phase is recomputed from the restored step counter; the saved one is for inspection.
+        self._restored_state = dict(state_dict)
