@@ -100,12 +100,13 @@ def sample_subset(
         raise SubsetTooLargeError(f"train_size={size} but the training split holds {len(labels)} images")
     if sampling == "balanced" and labels.ndim == 1:
         classes, counts = np.unique(labels, return_counts=True)
-        need = -(-size // len(classes))  # ceil: the first classes take the remainder
-        for c, count in zip(classes, counts):
+        base, extra = divmod(size, len(classes))  # round-robin: the first `extra` classes take one more
+        for i, (c, count) in enumerate(zip(classes, counts)):
+            need = base + (1 if i < extra else 0)
             if count < need:
                 raise SubsetTooLargeError(
                     f"{describe(int(c))} holds {count} training images; a balanced subset of {size} "
-                    f"needs {need} per class. HINT: use train_size <= {count * len(classes)} or sampling: stratified"
+                    f"needs {need} of it. HINT: use train_size <= {count * len(classes) + i} or sampling: stratified"
                 )
     return np.sort(subset_order(labels, seed, sampling)[:size])
 

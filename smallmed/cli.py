@@ -53,6 +53,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SmallMedCLI:
             },
         },
         save_config_kwargs={"overwrite": True},
+        # A typo such as `--trainer.max_epoch` must fail, not be expanded to `--trainer.max_epochs`.
+        parser_kwargs={"allow_abbrev": False},
         args=args,
         run=run,
         auto_configure_optimizers=False,

@@ -198,5 +198,7 @@ def tta_views(images: torch.Tensor, crop: float = 0.9) -> list[torch.Tensor]:
     if images.dtype == torch.uint8:
         views = [v if v is x else v.round().clamp_(0, 255) for v in views]
         views = [v.to(torch.uint8) for v in views]
+    else:  # computed in float32; hand back the caller's float dtype (float64, half, bfloat16)
+        views = [v.to(images.dtype) for v in views]
     return views
 

@@ -1,0 +1,164 @@
+"""The LightningCLI entry point: help, resolved configs, typos, and fit-then-test runs."""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smallmed.cli import fit_and_test, main
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "breastmnist_demo.yaml"
+
+
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    """LightningCLI warns when both ``args`` and ``sys.argv`` (here pytest's own) hold arguments."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+
+def run_exit(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return exc.value.code
+
+
+def tiny_run_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    return [
+        "--model=smallmed.SmallMedClassifier",
+        "--model.backbone=test_resnet",
+        "--model.pretrained=false",
+        "--model.lr=0.01",
+        "--data=smallmed.datamodules.NpzDataModule",
+        f"--data.path={data}",
+        "--data.image_size=32",
+        "--data.batch_size=4",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.max_epochs=1",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        *extra,
+    ]
+
+
+# ----------------------------------------------------------------- parsing
+
+
+def test_help_lists_model_data_and_trainer_options(capsys):
+    assert run_exit(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--config", "--model", "--data", "--trainer.max_epochs", "--trainer.precision", "--checkpoint.monitor", "--seed_everything"):
+        assert option in out, option
+
+
+def test_class_help_lists_init_args(capsys):
+    assert run_exit(["--model.help", "SmallMedClassifier"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--model.backbone", "--model.pretrained", "--model.lr_schedule", "one_cycle,constant,plateau"):
+        assert option in out, option
+    assert run_exit(["--data.help", "NpzDataModule"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--data.path", "--data.train_size", "--data.sampling", "--data.seed"):
+        assert option in out, option
+
+
+def test_print_config_resolves_the_demo(capsys):
+    assert run_exit(["--config", str(DEMO), "--print_config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    model, data = config["model"], config["data"]
+    assert model["class_path"] == "smallmed.SmallMedClassifier"
+    assert model["init_args"]["backbone"] == "tf_efficientnet_lite0"
+    assert model["init_args"]["lr_schedule"] == "one_cycle"
+    assert data["class_path"] == "smallmed.datamodules.NpzDataModule"
+    assert data["init_args"]["train_size"] == 50
+    assert "num_classes" in data["init_args"]  # linked into the model at instantiation
+    assert config["trainer"]["max_epochs"] == 20
+    assert config["checkpoint"]["monitor"] == "val/auroc"
+    assert config["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
+
+
+def test_print_config_applies_flags(capsys):
+    assert run_exit(["--config", str(DEMO), "--data.train_size", "100", "--model.lr_schedule", "cosine", "--print_config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["init_args"]["train_size"] == 100
+    assert config["model"]["init_args"]["lr_schedule"] == "cosine"
+
+
+def test_flag_typo_is_an_error(capsys):
+    assert run_exit(["--config", str(DEMO), "--trainer.max_epoch", "1", "--print_config"]) == 2
+    assert "--trainer.max_epoch" in capsys.readouterr().err
+
+
+def test_flag_typo_is_an_error_with_a_subcommand(capsys):
+    assert run_exit(["fit", "--config", str(DEMO), "--trainer.max_epoch", "1", "--print_config"]) == 2
+    assert "--trainer.max_epoch" in capsys.readouterr().err
+
+
+def test_config_file_typo_is_an_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainr:\n  max_epochs: 1\n")
+    assert run_exit(["--config", str(DEMO), "--config", str(bad), "--print_config"]) == 2
+    assert "trainr" in capsys.readouterr().err
+
+
+def test_bad_choice_is_an_error(capsys):
+    assert run_exit(["--config", str(DEMO), "--model.lr_schedule", "linear", "--print_config"]) == 2
+    assert "lr_schedule" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- end to end
+
+
+def test_fit_and_test_tiny_run(tmp_path, make_npz, capsys):
+    data = make_npz(train=(8, 8), val=(4, 4), test=(5, 5))
+    metrics = fit_and_test(tiny_run_args(tmp_path, data, "--data.train_size=8", "--trainer.max_epochs=2"))
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    assert {"test/acc", "test/f1"} <= set(metrics)
+    out = capsys.readouterr().out
+    assert "test ROC AUC" in out and "10 test images" in out
+    run_dir = tmp_path / "logs" / "smallmed" / "version_0"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())  # the resolved config beside the log
+    assert config["data"]["init_args"]["train_size"] == 8
+    assert config["model"]["init_args"]["backbone"] == "test_resnet"
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert any(r.get("val/auroc") for r in rows) and any(r.get("test/auroc") for r in rows)
+    assert any(r.get("lr-Adam") for r in rows)  # LearningRateMonitor is on
+    checkpoints = list((run_dir / "checkpoints").glob("best-epoch*.ckpt"))
+    assert len(checkpoints) == 1
+
+
+def test_subcommand_fit(tmp_path, make_npz):
+    data = make_npz(train=(4, 4), val=(2, 2), test=(2, 2))
+    main(["fit", *tiny_run_args(tmp_path, data, "--trainer.limit_train_batches=1")])
+    assert (tmp_path / "logs" / "smallmed" / "version_0" / "config.yaml").is_file()
+
+
+def test_real_breastmnist_with_lite0_weights(tmp_path, breastmnist, lite0_weights, capsys):
+    args = [
+        "--config",
+        str(DEMO),
+        f"--model.pretrained={lite0_weights}",
+        f"--data.path={breastmnist}",
+        "--data.train_size=50",
+        "--data.image_size=32",
+        "--trainer.max_epochs=2",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
+    metrics = fit_and_test(args)
+    auroc = metrics["test/auroc"]
+    assert isinstance(auroc, float) and 0.0 <= auroc <= 1.0
+    out = capsys.readouterr().out
+    assert "test ROC AUC" in out and "156 test images" in out
+    assert re.search(r"train\s+25\s+25\s+50\n", out)  # the data module's subset summary

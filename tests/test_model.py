@@ -1,0 +1,373 @@
+"""SmallMedClassifier on timm's tiny test architectures: shapes, normalisation, layer groups, TTA, training."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
+
+from smallmed import schedules, tasks
+from smallmed.model import SmallMedClassifier, tta_views
+
+FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
+SIZE = 32  # every family above takes 32px (test_vit is built with dynamic_img_size=True)
+TASK_CLASSES = {"binary": 2, "multiclass": 4, "multilabel": 3}
+
+
+def make_model(backbone: str = "test_resnet", task: str = "binary", **kwargs) -> SmallMedClassifier:
+    kwargs.setdefault("num_classes", TASK_CLASSES[task])
+    return SmallMedClassifier(backbone, task=task, pretrained=False, **kwargs)
+
+
+def images(n: int = 2, channels: int = 1, size: int = SIZE, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
+
+
+def targets(task: str, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    k = TASK_CLASSES[task]
+    if task == "multilabel":
+        y = torch.randint(0, 2, (n, k), generator=g)
+        y[0], y[1] = 1, 0  # every label has a positive and a negative, so AUROC is defined
+        return y
+    y = torch.arange(n) % k  # every class present
+    return y[torch.randperm(n, generator=g)]
+
+
+def first_conv_weight(model: SmallMedClassifier) -> torch.Tensor:
+    return model.backbone.get_parameter(model.backbone.pretrained_cfg["first_conv"] + ".weight")
+
+
+# ------------------------------------------------------------------ forward
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+@pytest.mark.parametrize("task", list(TASK_CLASSES))
+@pytest.mark.parametrize("backbone", FAMILIES)
+def test_forward_uint8_grey_input(backbone, task, in_chans):
+    model = make_model(backbone, task, in_chans=in_chans).eval()
+    assert first_conv_weight(model).shape[1] == in_chans
+    with torch.no_grad():
+        logits = model(images(3))
+    expected = 1 if task == "binary" else TASK_CLASSES[task]
+    assert logits.shape == (3, expected)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("task", list(TASK_CLASSES))
+def test_predict_proba_per_task(task):
+    model = make_model("test_efficientnet", task).eval()
+    with torch.no_grad():
+        p = model.predict_proba(images(4))
+    k = TASK_CLASSES[task]
+    if task == "binary":
+        assert p.shape == (4,)
+    else:
+        assert p.shape == (4, k)
+    assert ((p > 0) & (p < 1)).all()
+    if task == "multiclass":
+        torch.testing.assert_close(p.sum(1), torch.ones(4))
+
+
+def test_uint8_and_unit_float_inputs_agree():
+    model = make_model("test_resnet").eval()
+    x = images(2)
+    torch.testing.assert_close(model.preprocess(x), model.preprocess(x.float() / 255))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x.float() / 255))
+
+
+def test_grey_is_repeated_for_3_channels_and_rgb_averaged_for_1_channel():
+    rgb = images(2, channels=3)
+    grey = images(2, channels=1)
+    three = make_model("test_efficientnet", in_chans=3)
+    out = three.preprocess(grey)
+    assert out.shape == (2, 3, SIZE, SIZE)
+    torch.testing.assert_close(out, three.preprocess(grey.expand(-1, 3, -1, -1)))
+    one = make_model("test_efficientnet", in_chans=1)
+    torch.testing.assert_close(one.preprocess(rgb), one.preprocess(rgb.float().mean(1, keepdim=True) / 255))
+    with pytest.raises(ValueError, match="images have 2 channels; the model takes 3"):
+        three.preprocess(images(2, channels=2))
+
+
+@pytest.mark.parametrize("backbone", ["test_efficientnet", "test_resnet"])
+def test_normalisation_stats_follow_pretrained_cfg(backbone):
+    three = make_model(backbone, in_chans=3)
+    cfg = three.backbone.pretrained_cfg
+    torch.testing.assert_close(three.mean.flatten(), torch.tensor(cfg["mean"], dtype=torch.float32))
+    torch.testing.assert_close(three.std.flatten(), torch.tensor(cfg["std"], dtype=torch.float32))
+
+    one = make_model(backbone, in_chans=1)
+    mean, std = sum(cfg["mean"]) / 3, sum(cfg["std"]) / 3
+    assert one.mean.shape == one.std.shape == (1, 1, 1, 1)
+    assert one.mean.item() == pytest.approx(mean)
+    assert one.std.item() == pytest.approx(std)
+    white = torch.full((1, 1, 4, 4), 255, dtype=torch.uint8)
+    torch.testing.assert_close(one.preprocess(white), torch.full((1, 1, 4, 4), (1 - mean) / std))
+    # buffers follow the module but are not part of checkpoints (they come from the backbone)
+    assert "mean" not in three.state_dict() and "std" not in three.state_dict()
+
+
+def test_imagenet_stats_differ_from_half():
+    # guards the test above against a backbone whose stats would make any normalisation pass
+    cfg = make_model("test_efficientnet").backbone.pretrained_cfg
+    assert tuple(cfg["mean"]) != (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"task": "binary", "num_classes": 3}, "task 'binary' needs num_classes=2, got 3"),
+        ({"task": "multiclass", "num_classes": 1}, "needs num_classes >= 2, got 1"),
+        ({"task": "regression", "num_classes": 2}, "unknown task 'regression'"),
+        ({"optimizer": "lamb"}, "unknown optimizer 'lamb'"),
+        ({"lr_schedule": "step"}, "unknown lr_schedule 'step'"),
+        ({"in_chans": 2}, "in_chans must be 1 or 3, got 2"),
+        ({"class_names": ["only one"]}, "class_names has 1 names for num_classes=2"),
+    ],
+)
+def test_bad_arguments_are_explained(kwargs, message):
+    kwargs = {"task": "binary", "num_classes": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        SmallMedClassifier("test_resnet", pretrained=False, **kwargs)
+
+
+# ------------------------------------------------------------- layer groups
+
+
+@pytest.mark.parametrize("backbone", FAMILIES)
+def test_layer_groups_cover_backbone_once_head_last(backbone):
+    model = make_model(backbone)
+    groups = model.layer_groups()
+    assert list(groups) == ["early", "late", "head"]
+    head_ids = {id(p) for p in model.backbone.get_classifier().parameters()}
+    head = [n for n, p in model.named_parameters() if id(p) in head_ids]
+    assert head and groups["head"] == head
+    names = [n for n, _ in model.named_parameters()]
+    flat = [n for members in groups.values() for n in members]
+    assert sorted(flat) == sorted(names)  # every parameter, exactly once
+    assert len(flat) == len(set(flat))
+    # ordered input to head: each group sits wholly after the one before it in the network
+    order = {n: i for i, n in enumerate(names)}
+    spans = [(min(order[n] for n in g), max(order[n] for n in g)) for g in groups.values()]
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
+    assert "backbone." + model.backbone.pretrained_cfg["first_conv"] + ".weight" in groups["early"]
+
+
+@pytest.mark.parametrize(
+    ("num_groups", "names"),
+    [(2, ["body", "head"]), (3, ["early", "late", "head"]), (4, ["body0", "body1", "body2", "head"])],
+)
+def test_layer_groups_count(num_groups, names):
+    model = make_model("test_efficientnet", num_groups=num_groups)
+    assert list(model.layer_groups()) == names
+    assert list(make_model("test_efficientnet").layer_groups(num_groups)) == names
+    assert all(model.layer_groups().values())
+
+
+def test_layer_groups_too_many_or_too_few():
+    model = make_model("test_resnet")  # stem + 4 stages: at most 5 body groups
+    assert len(model.layer_groups(6)) == 6
+    with pytest.raises(ValueError, match=r"has 5 body stages .* cannot make 6 body groups.*num_groups <= 6"):
+        model.layer_groups(7)
+    with pytest.raises(ValueError, match="num_groups must be at least 2"):
+        make_model("test_resnet", num_groups=1).layer_groups()
+
+
+# -------------------------------------------------------------------- TTA
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64, torch.bfloat16])
+def test_tta_views(dtype):
+    x = images(2, channels=1, size=30)
+    x = x if dtype == torch.uint8 else (x.float() / 255).to(dtype)
+    views = tta_views(x)
+    assert len(views) == 4
+    for v in views:
+        assert v.shape == x.shape
+        assert v.dtype == dtype
+    torch.testing.assert_close(views[0], x)
+    torch.testing.assert_close(views[1], x.flip(-1))
+    assert not torch.equal(views[2], x) and not torch.equal(views[3], x)
+    assert not torch.equal(views[2], views[3])
+
+
+def test_tta_corner_crop_of_constant_image_is_constant():
+    x = torch.full((1, 1, 20, 20), 77, dtype=torch.uint8)
+    assert all(torch.equal(v, x) for v in tta_views(x))
+
+
+def test_predict_proba_averages_tta_views():
+    model = make_model("test_resnet", tta=True).eval()
+    x = images(3)
+    with torch.no_grad():
+        expected = torch.stack([torch.sigmoid(model(v).squeeze(1)) for v in tta_views(x)]).mean(0)
+        single = torch.sigmoid(model(x).squeeze(1))
+        got = model.predict_proba(x)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, single)
+
+
+# ----------------------------------------------------------------- training
+
+
+class RecordLR(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def loaders(task: str, n: int = 8, batch_size: int = 4, seed: int = 0):
+    train = TensorDataset(images(n, seed=seed), targets(task, n, seed=seed))
+    val = TensorDataset(images(n, seed=seed + 1), targets(task, n, seed=seed + 1))
+    return DataLoader(train, batch_size=batch_size), DataLoader(val, batch_size=batch_size)
+
+
+def trainer(**kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("task", list(TASK_CLASSES))
+def test_fit_logs_loss_and_validation_metrics(task):
+    L.seed_everything(0, verbose=False)
+    model = make_model("test_efficientnet", task, lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train, val = loaders(task)
+    t = trainer()
+    t.fit(model, train, val)
+    metrics = t.callback_metrics
+    for key in ("train/loss_epoch", "val/loss", "val/auroc", "val/acc", "val/f1"):
+        assert key in metrics, f"{key} not logged; got {sorted(metrics)}"
+        assert torch.isfinite(metrics[key])
+    assert 0.0 <= float(metrics["val/auroc"]) <= 1.0
+    if task != "binary":  # per-class AUROC under the class names
+        assert {f"val/auroc/{i}" for i in range(TASK_CLASSES[task])} <= set(metrics)
+    changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert "backbone." + model.backbone.pretrained_cfg["classifier"] + ".weight" in changed
+
+    results = t.test(model, val, verbose=False)
+    assert 0.0 <= results[0]["test/auroc"] <= 1.0
+
+
+def test_per_class_metrics_use_class_names():
+    model = make_model("test_resnet", "multiclass", class_names=["a", "b", "c", "d"])
+    train, val = loaders("multiclass")
+    t = trainer(limit_train_batches=1)
+    t.fit(model, train, val)
+    assert {"val/auroc/a", "val/auroc/b", "val/auroc/c", "val/auroc/d"} <= set(t.callback_metrics)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_other_optimizers(optimizer):
+    model = make_model("test_resnet", optimizer=optimizer, lr=0.05, weight_decay=1e-4, lr_schedule="constant")
+    train, val = loaders("binary")
+    t = trainer(limit_val_batches=0)
+    t.fit(model, train, val)
+    opt = t.optimizers[0]
+    assert type(opt).__name__.lower() == optimizer
+    assert opt.param_groups[0]["weight_decay"] == 1e-4
+    if optimizer == "sgd":
+        assert opt.param_groups[0]["momentum"] == 0.9
+
+
+EPOCHS, STEPS_PER_EPOCH = 3, 2
+
+
+@pytest.mark.parametrize("schedule", list(schedules.SCHEDULES))
+def test_each_lr_schedule_builds_and_runs(schedule):
+    L.seed_everything(0, verbose=False)
+    lr = 0.01
+    model = make_model("test_resnet", lr=lr, lr_schedule=schedule, freeze_epochs=1, plateau_patience=0)
+    train, val = loaders("binary", n=8, batch_size=4)
+    rec = RecordLR()
+    t = trainer(max_epochs=EPOCHS, callbacks=[rec])
+    t.fit(model, train, val)
+    total = EPOCHS * STEPS_PER_EPOCH
+    assert len(rec.lrs) == total
+    lrs = rec.lrs
+    if schedule == "constant":
+        assert lrs == [lr] * total
+    elif schedule == "one_cycle":
+        assert lrs[0] == pytest.approx(lr / 25)
+        assert max(lrs) == pytest.approx(lr, rel=0.2)
+        assert lrs[-1] == pytest.approx(lr / 25 / 1e4)  # the last step trains at the floor
+    elif schedule == "cosine":
+        assert lrs == pytest.approx([lr * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(total)])
+    elif schedule == "fastai_fine_tune":
+        frozen = 1 * STEPS_PER_EPOCH
+        assert lrs == pytest.approx([lr * schedules.fastai_fine_tune_factor(s, frozen, total) for s in range(total)])
+        assert lrs[frozen] == pytest.approx(lr * 0.5 / 5)  # the second cycle restarts at half LR / div 5
+    elif schedule == "plateau":
+        # patience 0: the LR stays for the first epoch, then drops tenfold whenever val/loss fails to improve
+        assert lrs[:STEPS_PER_EPOCH] == [lr] * STEPS_PER_EPOCH
+        assert set(lrs) <= {lr, lr / 10, lr / 100}
+        config = t.lr_scheduler_configs[0]
+        assert config.monitor == "val/loss" and config.interval == "epoch"
+
+
+def test_build_scheduler_unknown_name():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'; choose one of one_cycle"):
+        schedules.build_scheduler("linear", opt, 10, 5)
+    assert schedules.build_scheduler("constant", opt, 10, 5) is None
+
+
+# --------------------------------------------------------- schedule shapes
+
+
+def test_one_cycle_factor_closed_form():
+    f = schedules.one_cycle_factor
+    total, pct, div, final = 100, 0.3, 25.0, 1e4
+    assert f(0, total, pct, div, final) == pytest.approx(1 / div)
+    assert f(15, total, pct, div, final) == pytest.approx((1 + 1 / div) / 2)  # half way up the cosine
+    assert f(30, total, pct, div, final) == pytest.approx(1.0)  # the peak at pct_start
+    assert f(65, total, pct, div, final) == pytest.approx((1 + 1 / final) / 2)  # half way down
+    assert f(100, total, pct, div, final) == pytest.approx(1 / final)
+    assert f(500, total, pct, div, final) == pytest.approx(1 / final)  # clamped past the end
+    values = [f(s, total, pct, div, final) for s in range(total + 1)]
+    assert values.index(max(values)) == 30
+    assert all(a <= b for a, b in zip(values[:30], values[1:31]))
+    assert all(a >= b for a, b in zip(values[30:], values[31:]))
+
+
+def test_fastai_fine_tune_factor_closed_form():
+    f = schedules.fastai_fine_tune_factor
+    frozen, total = 10, 110
+    assert f(0, frozen, total) == pytest.approx(1 / 25)  # frozen cycle starts at 1/25
+    # frozen cycle: pct_start 0.99 -> warm-up over round(9.9) = 10 steps, so it rises all the way
+    assert f(9, frozen, total) == pytest.approx(1 + (1 / 25 - 1) / 2 * (math.cos(math.pi * 0.9) + 1))
+    assert f(frozen, frozen, total) == pytest.approx(0.5 / 5)  # unfrozen cycle: half LR, div 5
+    assert f(frozen + 30, frozen, total) == pytest.approx(0.5)  # its peak at pct_start 0.3 of 100 steps
+    assert f(total, frozen, total) == pytest.approx(0.5 / 1e5)
+    assert f(frozen + 30, frozen, total, pct_start=0.5) < 0.5
+    assert f(frozen + 50, frozen, total, pct_start=0.5) == pytest.approx(0.5)
+
+
+def test_probabilities_and_loss_match_torch():
+    logits = torch.tensor([[0.3], [-1.2]])
+    target = torch.tensor([1, 0])
+    torch.testing.assert_close(tasks.probabilities("binary", logits), torch.sigmoid(logits[:, 0]))
+    torch.testing.assert_close(
+        tasks.loss("binary", logits, target),
+        torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target.float()),
+    )
+    logits = torch.tensor([[0.3, 1.0, -2.0]])
+    torch.testing.assert_close(tasks.loss("multiclass", logits, torch.tensor([1])), torch.nn.functional.cross_entropy(logits, torch.tensor([1])))
