@@ -96,8 +96,10 @@ class DiscriminativeLR(Callback):
     # ------------------------------------------------------------------ setup
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+        if stage == "fit":  # fail before training if the groups or multipliers do not fit the model
+            self._resolve(pl_module)
+
+    def _resolve(self, pl_module: L.LightningModule) -> None:
         self.layer_groups = resolve_layer_groups(pl_module, self.patterns, self.num_groups)
         names = list(self.layer_groups)
         if self.explicit is not None:
@@ -115,6 +117,8 @@ class DiscriminativeLR(Callback):
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After configure_optimizers, before the optimizer/scheduler state of a checkpoint is loaded.
+        # Resolved again: another callback's setup may have added head parameters (a cosine scale).
+        self._resolve(pl_module)
         if self._restored is not None and self._restored.get("multipliers") != self.multipliers:
             raise ValueError(
                 f"resuming with different per-group LR multipliers: checkpoint {self._restored.get('multipliers')}, "

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from smallmed.callbacks.layer_groups import find_timm_model
@@ -140,7 +141,8 @@ class HeadReparameterization(Callback):
             self._hooked.add(id(head))
 
     @override
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The training data is set up by now (trainer.train_dataloader); no step has been taken.
         if self.applied:  # restored from a checkpoint: keep the trained head
             return
         _, _, head = self.find_head(pl_module)
@@ -176,13 +178,25 @@ class HeadReparameterization(Callback):
         self.probe_loss = state_dict.get("probe_loss")
 
 
-def _train_loader(trainer: L.Trainer, pl_module: L.LightningModule):
-    if trainer.datamodule is not None:
-        return trainer.datamodule.train_dataloader()
-    try:
-        return pl_module.train_dataloader()
-    except Exception as err:
-        raise ValueError("HeadReparameterization needs the training data: give the Trainer a datamodule") from err
+def _one_pass_loader(trainer: L.Trainer) -> DataLoader:
+    """Every training sample once, in order, on this process.
+
+    The class prior and the probe describe the training set itself, so they must not depend on which
+    samples a shuffled loader with ``drop_last``, a weighted sampler or a DDP shard happens to yield.
+    """
+    loader = trainer.train_dataloader
+    if loader is None:
+        raise ValueError("HeadReparameterization needs the training data: pass a datamodule or train_dataloaders to trainer.fit")
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader  # several loaders or a stream: use what the trainer iterates
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size or 64,
+        shuffle=False,
+        drop_last=False,
+        collate_fn=loader.collate_fn,
+        num_workers=0,
+    )
 
 
 def collect_head_inputs(
@@ -199,7 +213,7 @@ def collect_head_inputs(
     pl_module.eval()
     try:
         with torch.no_grad():
-            for batch in _train_loader(trainer, pl_module):
+            for batch in _one_pass_loader(trainer):
                 if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                     raise ValueError("HeadReparameterization expects (inputs, targets) batches")
                 inputs, target = batch[0], batch[1]

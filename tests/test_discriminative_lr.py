@@ -197,3 +197,12 @@ def test_argument_errors(kwargs, message):
 def test_wrong_number_of_multipliers_names_the_groups():
     with pytest.raises(ValueError, match=r"2 multipliers given for 3 layer groups \['early', 'late', 'head'\]"):
         run("none", [DiscriminativeLR(multipliers=[0.5, 1.0])], epochs=1)
+
+
+def test_parameters_added_by_a_later_callbacks_setup_join_the_head_group():
+    from smallmed.callbacks import HeadReparameterization
+
+    _, curve, trainer = run("onecycle", [DiscriminativeLR(ratio=1 / 3), HeadReparameterization(classifier="cosine")], epochs=1)
+    assert curve.names == ["early", "late", "head"]
+    head_params = {id(p) for p in trainer.optimizers[0].param_groups[-1]["params"]}
+    assert id(trainer.lightning_module.net.get_classifier().scale) in head_params
