@@ -3,7 +3,8 @@
 It is Lightning's own ``LightningCLI`` (jsonargparse underneath), so every config key is also a flag,
 ``--help`` lists them, ``--print_config`` prints the resolved config, and multi-GPU or mixed precision
 are plain Trainer options (``--trainer.devices 2 --trainer.strategy ddp --trainer.precision bf16-mixed``).
-The usual subcommands (``fit``, ``validate``, ``test``, ``predict``) work as in any LightningCLI.
+The usual subcommands (``fit``, ``validate``, ``test``, ``predict``) work as in any LightningCLI, and
+``study`` runs a grid of such runs (see :mod:`smallmed.study`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ class SmallMedCLI(LightningCLI):
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SmallMedCLI:
+    """The CLI over ``args`` (``None``: the process's own command line).
+
+    Explicit ``args`` are the whole command line of this run (the study runner and the benchmarks
+    call it many times in one process), so the process's own ``sys.argv`` is hidden meanwhile.
+    """
+    if args is None:
+        return _make_cli(None, run)
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        return _make_cli(args, run)
+    finally:
+        sys.argv = saved
+
+
+def _make_cli(args: list[str] | None, run: bool) -> SmallMedCLI:
     return SmallMedCLI(
         SmallMedClassifier,
         SmallImageDataModule,
@@ -75,7 +92,11 @@ def fit_and_test(args: list[str] | None = None) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
+    if argv and argv[0] == "study":
+        from smallmed.study import main as study_main
+
+        study_main(argv[1:])
+    elif argv and argv[0] in SUBCOMMANDS:
         build_cli(argv)
     else:
         fit_and_test(argv)

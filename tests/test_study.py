@@ -1,0 +1,118 @@
+"""The study runner end to end: a small grid on real BreastMNIST, a source stage, a crash, a resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smallmed.cli import main as cli_main
+from smallmed.study import load_study_config, paired_comparisons, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model.init_args.backbone", "test_efficientnet", "--trainer.max_epochs", "1",
+        "--data.init_args.image_size", "32", "--data.init_args.eval_batch_size", "512"]
+
+
+def write_study(tmp_path: Path, breastmnist: Path, **extra) -> Path:
+    broken = tmp_path / "broken.yaml"
+    recipe = yaml.safe_load((REPO / "configs" / "finetune_constant.yaml").read_text())
+    recipe["model"]["init_args"]["lr_schedule"] = "no_such_schedule"
+    broken.write_text(yaml.safe_dump(recipe))
+    study = {
+        "targets": {"breast": str(breastmnist)},
+        "sizes": [50],
+        "seeds": 3,
+        "methods": {"paper": str(REPO / "configs/paper_recipe.yaml"), "constant": str(REPO / "configs/finetune_constant.yaml")},
+        "sources": {"none": False},
+        "comparisons": [["paper", "constant"]],
+        "overrides": TINY,
+        "out_dir": str(tmp_path / "study"),
+        **extra,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def rows(out: Path) -> list[dict]:
+    with (out / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_small_study_runs_reports_and_resumes(tmp_path, breastmnist, capsys):
+    config = write_study(tmp_path, breastmnist)
+    cli_main(["study", "--config", str(config)])
+    out = tmp_path / "study"
+    results = rows(out)
+    assert len(results) == 6 and {r["status"] for r in results} == {"ok"}
+    assert {(r["method"], r["seed"]) for r in results} == {(m, str(s)) for m in ("paper", "constant") for s in range(3)}
+    assert all(0.0 <= float(r["test_auroc"]) <= 1.0 and float(r["wall_s"]) > 0 for r in results)
+    with (out / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert {(s["method"], s["n_seeds"]) for s in summary} == {("paper", "3"), ("constant", "3")}
+    with (out / "paired.csv").open() as f:
+        paired = list(csv.DictReader(f))
+    assert [(p["compare"], p["n_pairs"]) for p in paired] == [("paper - constant", "3")]
+    assert (out / "learning_curve_breast.png").stat().st_size > 1000
+    assert not list((out / "logs").rglob("*.ckpt")), "target runs' checkpoints are removed by default"
+
+    capsys.readouterr()
+    cli_main(["study", "--config", str(config)])  # resume: everything is done
+    assert "0 to run" in capsys.readouterr().out
+    assert len(rows(out)) == 6
+
+
+def test_a_crashing_cell_is_recorded_and_the_rest_go_on(tmp_path, breastmnist):
+    config = write_study(tmp_path, breastmnist, seeds=[0], comparisons=[], methods={
+        "broken": str(tmp_path / "broken.yaml"), "constant": str(REPO / "configs/finetune_constant.yaml")})
+    cli_main(["study", "--config", str(config)])
+    by_method = {r["method"]: r for r in rows(tmp_path / "study")}
+    assert by_method["broken"]["status"] == "error" and "no_such_schedule" in by_method["broken"]["error"]
+    assert by_method["constant"]["status"] == "ok"
+
+
+def test_source_stage_is_fitted_once_cached_and_used(tmp_path, breastmnist, shared_file):
+    knee = shared_file("knee_oa_kl_64.npz")
+    stage_args = [*TINY, "--data.init_args.train_size", "40", "--data.init_args.sampling", "stratified",
+                  "--model.init_args.pretrained", "false"]
+    config = write_study(
+        tmp_path, breastmnist, seeds=[0], methods={"constant": str(REPO / "configs/finetune_constant.yaml")},
+        sources={}, comparisons=[],
+        source_stages={"knee": {"config": str(REPO / "configs/finetune_constant.yaml"), "data": str(knee), "args": stage_args}},
+    )
+    cli_main(["study", "--config", str(config)])
+    cached = tmp_path / "study" / "sources" / "knee.ckpt"
+    assert cached.is_file()
+    (result,) = rows(tmp_path / "study")
+    assert result["source"] == "knee" and result["status"] == "ok"
+
+
+def test_paired_comparison_of_sources_uses_matching_seeds():
+    results = [
+        {"target": "t", "source": s, "method": "m", "train_size": "50", "seed": str(seed), "status": "ok",
+         "test_auroc": str(base + 0.01 * seed), "wall_s": "1"}
+        for s, base in (("chest", 0.8), ("imagenet", 0.7)) for seed in range(4)
+    ]
+    results.append({**results[0], "seed": "9", "test_auroc": "0.1"})  # no partner: left out of the pairs
+    (diff,) = paired_comparisons(results, [["chest", "imagenet"]], methods=["m"])
+    assert diff["n_pairs"] == 4 and diff["diff_mean"] == pytest.approx(0.1)
+    assert diff["diff_low"] == pytest.approx(0.1) and diff["axis"] == "source"
+    assert {s["source"]: s["n_seeds"] for s in summarize(results)} == {"chest": 5, "imagenet": 4}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sizez": [50]}, "unknown study key 'sizez'. Did you mean 'sizes'"),
+        ({"comparisons": [["paper", "nope"]]}, "comparison \\['paper', 'nope'\\] must name two methods or two sources"),
+        ({"methods": {"paper": "configs/no_such.yaml"}, "comparisons": []}, "method 'paper': recipe config not found: configs/no_such.yaml"),
+        ({"sources": {}}, "give at least one source"),
+    ],
+)
+def test_study_config_errors_name_the_key(tmp_path, breastmnist, change, message):
+    config = write_study(tmp_path, breastmnist, **change)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_study_config(config)
