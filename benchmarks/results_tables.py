@@ -1,0 +1,83 @@
+"""Tables for docs/results.md from study results and fastai peer runs (so the numbers come from code).
+
+    python benchmarks/results_tables.py runs/study/breastmnist_n50/results.csv runs/study/kermany_b_n50/results.csv \
+        --peer breastmnist=runs/peer/fastai_breastmnist.csv --peer kermany_b=runs/peer/fastai_kermany_b.csv
+
+Prints Markdown: per-cell mean test AUC with 95% intervals, and paired differences (same subset
+seeds) of every smallmed cell against fastai's ``fine_tune`` on its target, and between sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from smallmed.stats import mean_ci, paired_difference  # noqa: E402
+
+
+def load(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("status", "ok") == "ok"]
+
+
+def by_seed(rows: list[dict]) -> dict[int, float]:
+    return {int(r["seed"]): float(r["test_auroc"]) for r in rows}
+
+
+def fmt(mean: float, low: float, high: float, signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", help="study results.csv files")
+    parser.add_argument("--peer", action="append", default=[], help="TARGET=fastai_peer CSV")
+    args = parser.parse_args()
+    cells: dict[tuple, dict[int, float]] = {}
+    walls: dict[tuple, list[float]] = {}
+    for path in args.results:
+        for r in load(path):
+            key = (r["target"], r["source"], r["method"], int(r["train_size"]))
+            cells.setdefault(key, {})[int(r["seed"])] = float(r["test_auroc"])
+            walls.setdefault(key, []).append(float(r["wall_s"]))
+    for spec in args.peer:
+        target, _, path = spec.partition("=")
+        rows = load(path)
+        for r in rows:
+            key = (target, "imagenet", "fastai fine_tune", int(r["train_size"]))
+            cells.setdefault(key, {})[int(r["seed"])] = float(r["test_auroc"])
+            walls.setdefault(key, []).append(float(r["wall_s"]))
+
+    print("| target | source | recipe | N | seeds | test AUC, mean [95% CI] | s/run |")
+    print("|---|---|---|---|---|---|---|")
+    for key in sorted(cells):
+        target, source, method, n = key
+        values = list(cells[key].values())
+        wall = sum(walls[key]) / len(walls[key])
+        print(f"| {target} | {source} | {method} | {n} | {len(values)} | {fmt(*mean_ci(values))} | {wall:.1f} |")
+
+    print("\n| target | comparison (paired by subset seed) | N | pairs | difference, mean [95% CI] |")
+    print("|---|---|---|---|---|")
+    for key in sorted(cells):
+        target, source, method, n = key
+        peer = (target, "imagenet", "fastai fine_tune", n)
+        if method != "fastai fine_tune" and peer in cells:
+            mean, low, high, pairs = paired_difference(cells[key], cells[peer])
+            print(f"| {target} | {method} ({source}) - fastai fine_tune (imagenet) | {n} | {pairs} | {fmt(mean, low, high, True)} |")
+    sources = sorted({k[1] for k in cells if k[2] != "fastai fine_tune"})
+    for key in sorted(cells):
+        target, source, method, n = key
+        for other in sources:
+            other_key = (target, other, method, n)
+            if other > source and other_key in cells and method != "fastai fine_tune":
+                mean, low, high, pairs = paired_difference(cells[key], cells[other_key])
+                print(f"| {target} | {method}: {source} - {other} | {n} | {pairs} | {fmt(mean, low, high, True)} |")
+
+
+if __name__ == "__main__":
+    main()
