@@ -6,6 +6,7 @@ from smallmed.datamodules.folder import ImageFolderDataModule
 from smallmed.datamodules.images import BadImageError, read_image
 from smallmed.datamodules.manifest import ManifestDataModule
 from smallmed.datamodules.npz import NpzDataModule
+from smallmed.datamodules.predict import ImagesToPredict, PredictFolderDataModule
 from smallmed.datamodules.sampling import SubsetTooLargeError, class_counts, sample_subset, subset_order
 from smallmed.datamodules.splits import LeakageError, stratified_group_split
 
@@ -14,9 +15,11 @@ __all__ = [
     "ImageCatalog",
     "ImageFilesDataModule",
     "ImageFolderDataModule",
+    "ImagesToPredict",
     "LeakageError",
     "ManifestDataModule",
     "NpzDataModule",
+    "PredictFolderDataModule",
     "SmallImageDataModule",
     "Split",
     "SubsetTooLargeError",

@@ -5,17 +5,27 @@ It is Lightning's own ``LightningCLI`` (jsonargparse underneath), so every confi
 are plain Trainer options (``--trainer.devices 2 --trainer.strategy ddp --trainer.precision bf16-mixed``).
 The usual subcommands (``fit``, ``validate``, ``test``, ``predict``) work as in any LightningCLI, and
 ``study`` runs a grid of such runs (see :mod:`smallmed.study`).
+
+Every run also gets :class:`~smallmed.report.RunReport` (``--report.*``: the pictures beside the log
+and in W&B), and ``predict --predictions.images DIR`` predicts a folder of new images into a CSV
+(:class:`~smallmed.prediction.PredictionWriter`).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from smallmed.datamodules.base import SmallImageDataModule
+from smallmed.datamodules.predict import PredictFolderDataModule
 from smallmed.model import SmallMedClassifier
+from smallmed.prediction import PredictionWriter
+from smallmed.report import RunReport
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -38,6 +48,44 @@ class SmallMedCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        # The run's pictures (PNG beside the CSV log, W&B media): --report.heatmaps 16, --report.train_images 0 ...
+        parser.add_lightning_class_args(RunReport, "report")
+        # predict on a folder of new images (the key cannot be "predict": Lightning's predict subcommand has that group):
+        # python train.py predict ... --predictions.images new_images/ [--predictions.out x.csv] [--predictions.heatmaps true]
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def before_predict(self) -> None:
+        """With ``--predictions.images``, predict on that folder, sized like the configured data module (never loaded)."""
+        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter)), None)
+        if writer is not None and writer.images:
+            self.datamodule = PredictFolderDataModule.like(writer.images, self.datamodule)
+
+
+class SaveConfigToLoggers(SaveConfigCallback):
+    """Saves ``config.yaml`` in the log dir (as Lightning does) and sends the resolved config to W&B.
+
+    The whole resolved config (trainer, callbacks, model, data) goes into the W&B run's config under
+    ``config``, so a run on the W&B page says exactly how it was made. Lightning writes
+    ``config.yaml`` into the *first* logger's folder, which for W&B first is the shared ``save_dir``;
+    a copy also goes beside every CSV / TensorBoard log, so each run folder keeps its own.
+    """
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        # trainer.log_dir as Lightning computes it, without its broadcast (this runs on rank zero only)
+        first = trainer.loggers[0] if trainer.loggers else None
+        here = None
+        if self.save_to_log_dir and first is not None:
+            here = Path(first.log_dir if isinstance(first, (CSVLogger, TensorBoardLogger)) else first.save_dir or "").resolve()
+        for logger in trainer.loggers:
+            if isinstance(logger, (CSVLogger, TensorBoardLogger)) and Path(logger.log_dir).resolve() != here:
+                Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
+                path = Path(logger.log_dir) / self.config_filename
+                self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if loggers:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in loggers:
+                logger.log_hyperparams({"config": config})
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SmallMedCLI:
@@ -69,6 +117,7 @@ def _make_cli(args: list[str] | None, run: bool) -> SmallMedCLI:
                 "init_args": {"save_dir": "runs", "name": "smallmed"},
             },
         },
+        save_config_callback=SaveConfigToLoggers,
         save_config_kwargs={"overwrite": True},
         # A typo such as `--trainer.max_epoch` must fail, not be expanded to `--trainer.max_epochs`.
         parser_kwargs={"allow_abbrev": False},
@@ -83,10 +132,13 @@ def fit_and_test(args: list[str] | None = None) -> dict[str, float]:
     cli = build_cli(args, run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     ckpt = "best" if cli.trainer.checkpoint_callback and cli.trainer.checkpoint_callback.best_model_path else None
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    # The run report prints a short table of the test metrics; Lightning's long one is left out.
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if cli.trainer.is_global_zero and "test/auroc" in metrics:
-        print(f"test ROC AUC: {metrics['test/auroc']:.4f} ({ckpt or 'last'} checkpoint, {len(cli.datamodule.splits['test'].labels)} test images)")
+        test_split = getattr(cli.datamodule, "splits", {}).get("test")  # absent in the launcher of ddp_spawn
+        count = f", {len(test_split.labels)} test images" if test_split is not None else ""
+        print(f"test ROC AUC: {metrics['test/auroc']:.4f} ({ckpt or 'last'} checkpoint{count})")
     return metrics
 
 

@@ -135,9 +135,11 @@ class SmallMedClassifier(L.LightningModule):
         self.log("val/loss", tasks.loss(self.task, logits, target), on_epoch=True, prog_bar=True, batch_size=len(images))
         self.val_metrics.update(tasks.probabilities(self.task, logits), target.long())
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, target = batch
-        self.test_metrics.update(self.predict_proba(images), target.long())
+        probs = self.predict_proba(images)
+        self.test_metrics.update(probs, target.long())
+        return probs  # for callbacks' on_test_batch_end (the run report's ROC, panels); not kept here
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -1,0 +1,59 @@
+"""Read back what an offline W&B run wrote: its ``.wandb`` transaction log and its ``files/`` folder.
+
+No account, no network, no W&B API: the records are parsed from the file the run itself wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+
+def read_wandb_log(path: Path) -> list:
+    """The records of a ``.wandb`` transaction log (LevelDB-log framing: 32 KiB blocks, 7-byte chunk headers)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B transaction log"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:  # zero padding to the block end
+            pos += left
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk: a whole record
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def wandb_run(save_dir: Path) -> dict:
+    """History keys / values, media, config, group and artifacts of the one offline run under ``save_dir``."""
+    (run_dir,) = (save_dir / "wandb").glob("offline-run-*")
+    (log,) = run_dir.glob("run-*.wandb")
+    history: dict[str, list] = {}
+    config: dict[str, object] = {}
+    artifacts, group = [], None
+    for record in read_wandb_log(log):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                history.setdefault(key, []).append(json.loads(item.value_json))
+        elif kind == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif kind == "run":
+            group = record.run.run_group
+        elif kind == "artifact":
+            artifacts.append((record.artifact.type, [entry.path for entry in record.artifact.manifest.contents],
+                              list(record.artifact.aliases)))
+    return {"dir": run_dir, "history": history, "config": config, "group": group, "artifacts": artifacts}
