@@ -22,7 +22,7 @@ $(WEIGHTS): | $(STAMP)
 	$(VENV)/bin/smallmed-convert-lite0 $(WEIGHTS)
 
 demo: $(STAMP) $(WEIGHTS)
-	$(PY) train.py --config configs/breastmnist_demo.yaml
+	$(PY) train.py --config configs/paper_recipe.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,4 +1,4 @@
-"""Train a smallmed model: ``python train.py --config configs/breastmnist_demo.yaml``.
+"""Train a smallmed model: ``python train.py --config configs/paper_recipe.yaml``.
 
 Fits, then tests the best checkpoint. ``python train.py --help`` lists every option; subcommands
 ``fit``, ``validate``, ``test`` and ``predict`` work as in any LightningCLI.

@@ -13,7 +13,7 @@ import yaml
 from smallmed.cli import fit_and_test, main
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "configs" / "breastmnist_demo.yaml"
+DEMO = REPO / "configs" / "paper_recipe.yaml"
 
 
 @pytest.fixture(autouse=True)
