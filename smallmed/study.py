@@ -348,17 +348,27 @@ def plot_learning_curves(summary: list[dict[str, Any]], out: Path) -> list[Path]
     for target in sorted({s["target"] for s in summary}):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         rows = [s for s in summary if s["target"] == target]
-        for source, method in sorted({(s["source"], s["method"]) for s in rows}):
+        lines = sorted({(s["source"], s["method"]) for s in rows})
+        for i, (source, method) in enumerate(lines):
             line = sorted((s for s in rows if s["source"] == source and s["method"] == method), key=lambda s: s["train_size"])
-            xs = [s["train_size"] for s in line]
+            dodge = 1 + 0.04 * (i - (len(lines) - 1) / 2)  # side by side on the log axis, so bars do not hide each other
+            xs = [s["train_size"] * dodge for s in line]
             ys = [s["auroc_mean"] for s in line]
-            ax.plot(xs, ys, marker="o", label=f"{method} ({source})")
             lows = [s["auroc_low"] for s in line]
-            if not any(math.isnan(v) for v in lows):
-                ax.fill_between(xs, lows, [s["auroc_high"] for s in line], alpha=0.15)
+            highs = [s["auroc_high"] for s in line]
+            if any(math.isnan(v) for v in lows):
+                ax.plot(xs, ys, marker="o", label=f"{method} ({source})")
+                continue
+            # Bars show each interval even where a curve has a single N; the band joins them.
+            yerr = [[y - lo for y, lo in zip(ys, lows)], [hi - y for y, hi in zip(ys, highs)]]
+            bars = ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"{method} ({source})")
+            ax.fill_between(xs, lows, highs, alpha=0.15, color=bars[0].get_color())
         ax.set_xscale("log")
         ax.set_xticks(sorted({s["train_size"] for s in rows}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+        sizes = [s["train_size"] for s in rows]
+        ax.set_xlim(min(sizes) * 0.75, max(sizes) * 1.33)
         ax.set_xlabel("training images N (balanced)")
         ax.set_ylabel("test ROC AUC (mean, 95% interval)")
         ax.set_title(target)
