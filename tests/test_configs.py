@@ -23,8 +23,8 @@ def kind(path: Path) -> str:
 
 
 TRAIN = [p for p in CONFIGS if kind(p) == "train"]
-# Runnable on the shared data as shipped; folder_example.yaml names a placeholder folder, and
-# tests/test_folder_data.py runs it on a folder it builds.
+# Runnable on the shared data as shipped; the others (folder_example.yaml names a placeholder
+# folder) are parsed and resolved below.
 NPZ_TRAIN = [p for p in TRAIN if "NpzDataModule" in p.read_text()]
 STUDY = [p for p in CONFIGS if kind(p) == "study"]
 
@@ -54,3 +54,15 @@ def test_study_config_parses(config, monkeypatch):
     monkeypatch.chdir(REPO)
     study = load_study_config(config)
     assert study.methods and study.sizes
+
+
+@pytest.mark.parametrize("config", [p for p in TRAIN if p not in NPZ_TRAIN], ids=lambda p: p.stem)
+def test_other_training_configs_resolve(config, monkeypatch, capsys):
+    from smallmed.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(config), "--print_config"])
+    assert exc.value.code in (0, None)
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["data"]["class_path"].startswith("smallmed.datamodules.")
