@@ -44,9 +44,11 @@ def test_training_config_fast_dev_run(config, tmp_path, monkeypatch, breastmnist
         "--config", str(config), *data_args,
         "--model.init_args.backbone=test_efficientnet", "--model.init_args.pretrained=false",
         "--data.init_args.image_size=32", "--trainer.fast_dev_run=true",
-        f"--trainer.logger.init_args.save_dir={tmp_path}", "--report.heatmaps=0", "--report.train_images=0",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
+        "--report.heatmaps=0", "--report.train_images=0",
     ])
     assert 0.0 <= metrics["test/auroc"] <= 1.0
+    assert not (REPO / "report").exists(), "a test run wrote its report into the repository"
 
 
 @pytest.mark.parametrize("config", STUDY, ids=lambda p: p.stem)
