@@ -19,6 +19,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from plain_module import quiet_trainer
+
 
 @contextmanager
 def single_thread():
@@ -94,19 +96,9 @@ def class_data(
 
 
 def tiny_trainer(callbacks: Sequence[Callback] = (), max_steps: int = 1, **kwargs: Any) -> L.Trainer:
-    opts: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    opts.update(kwargs)
-    return L.Trainer(callbacks=list(callbacks), **opts)
+    """The suite's quiet CPU Trainer (``plain_module.quiet_trainer``), stopped after ``max_steps``, no validation."""
+    opts: dict[str, Any] = {"max_steps": max_steps, "limit_val_batches": 0, "deterministic": False, **kwargs}
+    return quiet_trainer(callbacks=list(callbacks), **opts)
 
 
 def head_of(module: nn.Module) -> nn.Module:
