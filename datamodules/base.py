@@ -14,8 +14,10 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader, Dataset
 
+from smallmed.datamodules.device_batches import IndexDataset, augment_batch, centre_crop
 from smallmed.datamodules.sampling import Sampling, class_counts, sample_subset
 from smallmed.datamodules.transforms import eval_transform, resize_uint8, train_transform
 
@@ -67,6 +69,10 @@ class SmallImageDataModule(L.LightningDataModule):
         num_classes: expected classes; derived from the labels when ``None``, checked when given.
         class_names: names of the classes, in label order.
         task: ``binary``, ``multiclass`` or ``multilabel``; derived from the labels when ``None``.
+        device_resident: copy each split to the training device once, let the loaders yield only
+            indices and augment whole batches there (:mod:`smallmed.datamodules.device_batches`).
+            ``None`` (default): on when the Trainer runs on an accelerator, off on the CPU, where the
+            per-image path is as fast and keeps earlier CPU results reproducible.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class SmallImageDataModule(L.LightningDataModule):
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         task: Literal["binary", "multiclass", "multilabel"] | None = None,
+        device_resident: bool | None = None,
     ) -> None:
         super().__init__()
         if image_size < 8:
@@ -108,6 +115,9 @@ class SmallImageDataModule(L.LightningDataModule):
         self.splits: dict[str, Split] = {}
         self.train_indices: np.ndarray | None = None
         self._labels_cache: dict[str, np.ndarray] | None = None
+        self.device_resident = device_resident
+        self._index_loaders: set[str] = set()  # splits whose loader yields indices (device-resident)
+        self._on_device: dict[str, torch.Tensor] = {}
 
     # --------------------------------------------------------- for subclasses
     def load_splits(self) -> dict[str, Split]:
@@ -219,18 +229,77 @@ class SmallImageDataModule(L.LightningDataModule):
             transform = eval_transform(self.image_size)
         return TensorImageDataset(s.images, s.labels, transform)
 
+    # ----------------------------------------------------- device-resident path
+    def uses_device_batches(self) -> bool:
+        """Whether loaders yield indices into device-held splits (see ``device_resident``)."""
+        if self.device_resident is not None:
+            return self.device_resident
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type != "cpu"
+
+    def _loader_dataset(self, split: str) -> Dataset:
+        if self.uses_device_batches():
+            self._index_loaders.add(split)
+            return IndexDataset(self.splits[split].labels)
+        self._index_loaders.discard(split)
+        return self.dataset(split)
+
+    def _pin(self) -> bool:
+        trainer = self.trainer
+        return self.uses_device_batches() and trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    def device_images(self, split: str, device: torch.device) -> torch.Tensor:
+        """The split's uint8 images on ``device``, copied once (eval splits centre-cropped first)."""
+        held = self._on_device.get(split)
+        if held is None or held.device != device:
+            images = self.splits[split].images
+            if split != "train":
+                images = centre_crop(images, self.image_size)
+            held = self._on_device[split] = images.to(device).contiguous()
+        return held
+
+    @staticmethod
+    def _split_of_stage(stage: RunningStage | None) -> str | None:
+        return {
+            RunningStage.TRAINING: "train",
+            RunningStage.SANITY_CHECKING: "val",
+            RunningStage.VALIDATING: "val",
+            RunningStage.TESTING: "test",
+            RunningStage.PREDICTING: "test",
+        }.get(stage)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Device-resident loaders yield ``(indices, labels)``: gather the images on the device, augment the training batch."""
+        if not self._index_loaders or self.trainer is None:
+            return batch
+        split = self._split_of_stage(self.trainer.state.stage)
+        if split not in self._index_loaders:
+            return batch
+        indices, labels = batch
+        images = self.device_images(split, indices.device)[indices]
+        if split == "train":
+            return augment_batch(images, self.image_size, self.rotation, self.hflip), labels
+        return images, labels
+
+    # -------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
+        resident = self.uses_device_batches()
         return DataLoader(
-            self.dataset("train"),
+            self._loader_dataset("train"),
             batch_size=min(self.batch_size, len(self.splits["train"].labels)),
             shuffle=True,
             drop_last=len(self.splits["train"].labels) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=0 if resident else self.num_workers,
+            persistent_workers=self.num_workers > 0 and not resident,
+            pin_memory=self._pin(),
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        resident = self.uses_device_batches()
+        return DataLoader(
+            self._loader_dataset(split), batch_size=self.eval_batch_size,
+            num_workers=0 if resident else self.num_workers, pin_memory=self._pin(),
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -240,4 +309,3 @@ class SmallImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
-
