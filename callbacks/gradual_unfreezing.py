@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
 
+from smallmed.callbacks.host_scalars import log_host_scalars
 from smallmed.callbacks.layer_groups import GroupPatterns, LayerGroups, resolve_layer_groups
 
 Unit = Literal["fraction", "step", "epoch"]
@@ -163,7 +164,7 @@ class GradualUnfreezing(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._apply(trainer)
         self._set_bn_modes()
-        pl_module.log("unfreezing/trainable_groups", float(len(self.layer_groups) - len(self.frozen)), on_step=True, on_epoch=False, batch_size=1)
+        log_host_scalars(trainer, {"unfreezing/trainable_groups": float(len(self.layer_groups) - len(self.frozen))})
 
     @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:

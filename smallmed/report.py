@@ -38,6 +38,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from typing_extensions import override
 
 from smallmed import plots
+from smallmed.callbacks.host_scalars import log_host_scalars
 from smallmed.gradcam import CamMethod, classifier_heatmaps, overlay
 
 
@@ -267,10 +268,12 @@ class RunReport(Callback):
         if unfreezing is None or not unfreezing.layer_groups:
             return
         frozen = unfreezing.frozen_groups_at(trainer.global_step, trainer.current_epoch)
+        flags = {}
         for group in unfreezing.layer_groups:
             is_frozen = group in frozen
             schedule["frozen"].setdefault(group, []).append(is_frozen)
-            pl_module.log(f"unfreezing/frozen/{group}", float(is_frozen), on_step=True, on_epoch=False, batch_size=1)
+            flags[f"unfreezing/frozen/{group}"] = float(is_frozen)
+        log_host_scalars(trainer, flags)
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
