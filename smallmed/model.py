@@ -43,6 +43,8 @@ class SmallMedClassifier(L.LightningModule):
         tta: average four passes (image, flipped, two corner crops) at test and predict time.
         num_groups: layer groups returned by :meth:`layer_groups` (3: early body, late body, head).
         class_names: names for per-class metrics and predictions.
+        channels_last: keep weights and inputs in NHWC memory order, which convolutions in bf16 /
+            fp16 on recent GPUs run faster; on the CPU contiguous NCHW measured faster.
 
     Example:
         >>> model = SmallMedClassifier("test_resnet", num_classes=2, pretrained=False)
@@ -71,6 +73,7 @@ class SmallMedClassifier(L.LightningModule):
         tta: bool = False,
         num_groups: int = 3,
         class_names: list[str] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         tasks.check_task(task, num_classes)
@@ -88,6 +91,8 @@ class SmallMedClassifier(L.LightningModule):
         self.task = task
         self.backbone = create_backbone(backbone, tasks.num_outputs(task, num_classes), in_chans, drop_rate)
         self.weights_source = load_pretrained(self.backbone, backbone, pretrained)
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         mean, std = normalization_stats(self.backbone, in_chans)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
@@ -107,7 +112,8 @@ class SmallMedClassifier(L.LightningModule):
                 x = x.mean(dim=1, keepdim=True)
             else:
                 raise ValueError(f"images have {x.shape[1]} channels; the model takes {channels}")
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits: ``(B, 1)`` for binary, ``(B, num_classes)`` otherwise."""
