@@ -9,12 +9,14 @@ imports smallmed's own model.
                                  GradualUnfreezing(milestones=[0.1, 0.2])])
 """
 
+from smallmed.callbacks.best_weights import BestWeightsInMemory
 from smallmed.callbacks.discriminative_lr import DiscriminativeLR
 from smallmed.callbacks.gradual_unfreezing import GradualUnfreezing
 from smallmed.callbacks.head_reparameterization import CosineClassifier, HeadReparameterization
 from smallmed.callbacks.layer_groups import LayerGroups, resolve_layer_groups, timm_layer_groups
 
 __all__ = [
+    "BestWeightsInMemory",
     "CosineClassifier",
     "DiscriminativeLR",
     "GradualUnfreezing",

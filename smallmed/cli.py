@@ -127,19 +127,43 @@ def _make_cli(args: list[str] | None, run: bool) -> SmallMedCLI:
     )
 
 
-def fit_and_test(args: list[str] | None = None) -> dict[str, float]:
-    """Fit, then test the best checkpoint on the full test split; return the test metrics."""
+def fit_and_test(args: list[str] | None = None, study_cell: bool = False) -> dict[str, float]:
+    """Fit, then test the best checkpoint on the full test split; return the test metrics.
+
+    ``study_cell=True`` is the study runner's lean variant of the same run: the best weights are
+    kept in memory (:class:`~smallmed.callbacks.BestWeightsInMemory`, the checkpoint callback's own
+    monitor and mode) instead of written to disk and read back, and the run report's pictures are
+    not drawn. The trained model and its test metrics are the same.
+    """
     cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    ckpt = "best" if cli.trainer.checkpoint_callback and cli.trainer.checkpoint_callback.best_model_path else None
+    trainer = cli.trainer
+    if study_cell:
+        _lean_callbacks(trainer)
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
     # The run report prints a short table of the test metrics; Lightning's long one is left out.
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
+    results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    if cli.trainer.is_global_zero and "test/auroc" in metrics:
+    if trainer.is_global_zero and "test/auroc" in metrics:
         test_split = getattr(cli.datamodule, "splits", {}).get("test")  # absent in the launcher of ddp_spawn
         count = f", {len(test_split.labels)} test images" if test_split is not None else ""
-        print(f"test ROC AUC: {metrics['test/auroc']:.4f} ({ckpt or 'last'} checkpoint{count})")
+        which = "best (in memory)" if study_cell else (ckpt or "last")
+        print(f"test ROC AUC: {metrics['test/auroc']:.4f} ({which} checkpoint{count})")
     return metrics
+
+
+def _lean_callbacks(trainer) -> None:
+    """Swap the checkpoint callback for in-memory best weights and drop the run report's pictures."""
+    from smallmed.callbacks import BestWeightsInMemory
+
+    kept = []
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            if callback.monitor:
+                kept.append(BestWeightsInMemory(callback.monitor, callback.mode))
+        elif not isinstance(callback, RunReport):
+            kept.append(callback)
+    trainer.callbacks = kept
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,7 +69,12 @@ class StudyConfig:
         comparisons: pairs ``[a, b]`` of method or source names to compare, paired by seed.
         out_dir: where results, logs and cached source checkpoints go.
         wandb_project: when set, every run also logs to W&B, grouped by cell.
-        keep_checkpoints: keep each target run's checkpoints (they add up: about 40 MB a run).
+        keep_checkpoints: write and keep each target run's checkpoints and report pictures (they add
+            up: about 40 MB a run). Off, a cell keeps its best weights in memory and draws no pictures,
+            with the same selection and the same test metrics (``fit_and_test(study_cell=True)``).
+        workers: cells run at once, each worker a process of its own that runs many cells in turn
+            (start-up and warm-up paid once per worker). Several workers keep one GPU busy when one
+            small run alone is bound by kernel launches; on the CPU they share its cores.
     """
 
     targets: dict[str, str]
@@ -83,6 +88,7 @@ class StudyConfig:
     out_dir: str = "runs/study"
     wandb_project: str | None = None
     keep_checkpoints: bool = False
+    workers: int = 1
 
     @property
     def seed_list(self) -> list[int]:
@@ -198,7 +204,7 @@ def run_cell(config: StudyConfig, out: Path, target: str, source: str, pretraine
     stderr = _Tee(sys.stderr)
     try:
         with contextlib.redirect_stderr(stderr):
-            metrics = fit_and_test(args)
+            metrics = fit_and_test(args, study_cell=not config.keep_checkpoints)
         row.update(status="ok", test_auroc=metrics.get("test/auroc"), test_acc=metrics.get("test/acc"),
                    test_f1=metrics.get("test/f1"))
     except SystemExit:  # the config parser rejected the run's arguments and printed why
@@ -261,26 +267,79 @@ def run_study(config: StudyConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.csv"
     done = {_cell_key(r) for r in read_results(results_path) if r["status"] == "ok"}
-    sources = dict(config.sources)
-    todo = [c for c in cells(config) if (c[0], c[1], c[2], c[3], c[4]) not in done]
+    todo = [c for c in cells(config) if c not in done]
     print(f"[study] {len(done)} runs done, {len(todo)} to run, results in {results_path}", flush=True)
+    sources, failed = _prepare_sources(config, out, {c[1] for c in todo})
+    for cell in todo:
+        if cell[1] in failed:
+            _append(results_path, {**_cell_fields(cell), "status": "error", "error": failed[cell[1]]})
+    todo = [c for c in todo if c[1] not in failed]
+    workers = max(1, min(config.workers, len(todo)))
+    if workers == 1:
+        _run_cells(config, out, sources, todo)
+    else:
+        _run_in_workers(config, out, sources, todo, workers)
+    write_reports(config, out)
+    return out
+
+
+def _cell_fields(cell: tuple) -> dict[str, Any]:
+    return dict(zip(("target", "source", "method", "train_size", "seed"), cell))
+
+
+def _prepare_sources(config: StudyConfig, out: Path, needed: set[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Weights of every source the remaining cells need; source stages are fitted (or read from cache) first."""
+    sources, failed = dict(config.sources), {}
+    for name in config.source_names:
+        if name in sources or name not in needed:
+            continue
+        try:
+            sources[name] = str(run_source_stage(config, name, out))
+        except Exception as err:
+            traceback.print_exc()
+            failed[name] = f"source stage failed: {type(err).__name__}: {err}"[:500]
+    return sources, failed
+
+
+def _run_cells(config: StudyConfig, out: Path, sources: dict[str, Any], todo: list[tuple], lock=None) -> None:
+    results_path = out / "results.csv"
     for target, source, method, size, seed in todo:
-        if source not in sources:
-            try:
-                sources[source] = str(run_source_stage(config, source, out))
-            except Exception as err:
-                traceback.print_exc()
-                row = {"target": target, "source": source, "method": method, "train_size": size, "seed": seed,
-                       "status": "error", "error": f"source stage failed: {type(err).__name__}: {err}"[:500]}
-                _append(results_path, row)
-                continue
         row = run_cell(config, out, target, source, sources[source], method, size, seed)
-        _append(results_path, row)
+        with lock if lock is not None else contextlib.nullcontext():
+            _append(results_path, row)
         auc = row.get("test_auroc")
         shown = f"{float(auc):.4f}" if row["status"] == "ok" else row["error"]
         print(f"[study] {target}/{source}/{method}/N{size}/seed{seed}: {shown} ({row['wall_s']} s)", flush=True)
-    write_reports(config, out)
-    return out
+
+
+def _worker(config: StudyConfig, out: Path, sources: dict[str, Any], todo: list[tuple], lock, threads: int) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    _run_cells(config, out, sources, todo, lock)
+
+
+def _run_in_workers(config: StudyConfig, out: Path, sources: dict[str, Any], todo: list[tuple], workers: int) -> None:
+    """Deal the cells round-robin to ``workers`` fresh processes (spawned: safe with CUDA) and wait for them."""
+    import multiprocessing
+
+    import torch
+
+    context = multiprocessing.get_context("spawn")
+    lock = context.Lock()
+    # On the CPU the workers share its cores; on a GPU the host side of each needs only one or two.
+    threads = max(1, (os.cpu_count() or 1) // workers) if not torch.cuda.is_available() else 2
+    shards = [todo[i::workers] for i in range(workers)]
+    processes = [context.Process(target=_worker, args=(config, out, sources, shard, lock, threads)) for shard in shards]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    crashed = [p.exitcode for p in processes if p.exitcode]
+    if crashed:
+        print(f"[study] {len(crashed)} worker(s) exited with codes {crashed}; their unfinished cells are not in results.csv "
+              "and run again next time", flush=True)
 
 
 # --------------------------------------------------------------------------------------------- reports

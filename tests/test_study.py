@@ -116,3 +116,26 @@ def test_study_config_errors_name_the_key(tmp_path, breastmnist, change, message
     config = write_study(tmp_path, breastmnist, **change)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         load_study_config(config)
+
+
+def test_workers_run_every_cell_once_in_their_own_processes(tmp_path, breastmnist):
+    config = write_study(tmp_path, breastmnist, seeds=[0, 1], workers=2)
+    cli_main(["study", "--config", str(config)])
+    results = rows(tmp_path / "study")
+    assert sorted((r["method"], r["seed"], r["status"]) for r in results) == [
+        (m, str(s), "ok") for m in ("constant", "paper") for s in (0, 1)]
+    assert (tmp_path / "study" / "summary.csv").stat().st_size > 0
+
+
+def test_study_cells_keep_the_best_weights_in_memory_with_the_same_result(tmp_path, breastmnist):
+    """The lean study cell selects and tests exactly the weights a checkpointed run would (same AUC)."""
+    from smallmed.cli import fit_and_test
+
+    args = ["--config", str(REPO / "configs/finetune_constant.yaml"), "--data.init_args.path", str(breastmnist),
+            "--data.init_args.train_size", "20", "--model.init_args.pretrained", "false", *TINY,
+            "--trainer.max_epochs", "4", "--trainer.deterministic", "true",
+            "--trainer.logger", f'{{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {{"save_dir": "{tmp_path}"}}}}']
+    on_disk = fit_and_test(args)
+    in_memory = fit_and_test(args, study_cell=True)
+    assert in_memory["test/auroc"] == pytest.approx(on_disk["test/auroc"], abs=1e-7)
+    assert len(list(tmp_path.rglob("*.ckpt"))) == 1  # only the checkpointed run wrote one
