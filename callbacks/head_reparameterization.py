@@ -214,12 +214,15 @@ def collect_head_inputs(
     try:
         with torch.no_grad():
             for batch in _one_pass_loader(trainer):
+                # The trainer's own transfer, with the data module's batch hooks (a device-resident
+                # loader yields indices; on_after_batch_transfer turns them into images).
+                batch = trainer.strategy.batch_to_device(batch)
                 if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                     raise ValueError("HeadReparameterization expects (inputs, targets) batches")
                 inputs, target = batch[0], batch[1]
                 targets.append(torch.as_tensor(target).cpu())
                 if need_features:
-                    pl_module(inputs.to(pl_module.device))
+                    pl_module(inputs)
     finally:
         if hook is not None:
             hook.remove()

@@ -119,3 +119,15 @@ def test_resident_loader_is_plain_indices_without_a_trainer(make_npz):
     indices, labels = next(iter(dm.train_dataloader()))
     assert indices.dtype == torch.int64 and indices.shape == (4,)
     assert torch.equal(labels, torch.as_tensor(dm.splits["train"].labels)[indices])
+
+
+def test_linear_probe_head_sees_images_through_resident_loaders(make_npz):
+    """LP-FT's probe makes its own pass over the training data; it must get images, not indices."""
+    from smallmed.callbacks import HeadReparameterization
+
+    dm = NpzDataModule(str(make_npz(train=(8, 8), val=(4, 4), test=(4, 4))), train_size=12, image_size=32,
+                       batch_size=4, device_resident=True)
+    model = SmallMedClassifier("test_resnet", num_classes=2, pretrained=False)
+    head = HeadReparameterization(mode="linear_probe")
+    quiet_trainer(max_epochs=1, callbacks=[head]).fit(model, datamodule=dm)
+    assert dm._index_loaders >= {"train"}
