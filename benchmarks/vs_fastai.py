@@ -1,0 +1,73 @@
+"""Wall time of smallmed against fastai's ``fine_tune`` on the same 50-image task, in one process.
+
+    pip install 'smallmed[peer]'
+    python benchmarks/vs_fastai.py --seeds 0 1 2          # BreastMNIST, N=50, 64 px, 20 epochs
+
+For each seed, in turn (the order alternates, so neither side always runs on a warmer process):
+fastai 2.8 ``vision_learner(...).fine_tune(20)`` (see ``fastai_peer.py``: same subset, backbone,
+ImageNet weights, image size, batch and epochs), smallmed's paper recipe as a ``train.py`` run
+(checkpoints and report pictures written), and the same run as a study cell (best weights kept in
+memory, no pictures). smallmed's time is the whole run: config parsing, data set-up, model
+creation, training, validation and the test; fastai's starts at its DataLoaders. Prints each run's
+wall time and test AUC, the medians, and the ratios smallmed / fastai (0.5 = twice as fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from fastai_peer import fastai_fine_tune  # noqa: E402
+
+from smallmed.cli import fit_and_test  # noqa: E402
+
+
+def smallmed_run(data: str, weights: str, seed: int, train_size: int, log_dir: str, study_cell: bool) -> dict[str, float]:
+    logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": log_dir, "name": ""}}]
+    args = ["--config", str(REPO / "configs/paper_recipe.yaml"), "--data.init_args.path", data,
+            "--data.init_args.train_size", str(train_size), "--data.init_args.seed", str(seed),
+            "--seed_everything", str(seed), "--model.init_args.pretrained", weights, "--trainer.logger", json.dumps(logger)]
+    start = time.perf_counter()
+    metrics = fit_and_test(args, study_cell=study_cell)
+    return {"test_auroc": metrics["test/auroc"], "wall_s": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/breastmnist_28.npz")
+    parser.add_argument("--weights", default="weights/tf_efficientnet_lite0.safetensors")
+    parser.add_argument("--train-size", type=int, default=50)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, float]]] = {"fastai fine_tune(20)": [], "smallmed train.py run": [], "smallmed study cell": []}
+    with tempfile.TemporaryDirectory() as log_dir:
+        for i, seed in enumerate(args.seeds):
+            order = list(runs) if i % 2 == 0 else list(reversed(runs))
+            for name in order:
+                if name.startswith("fastai"):
+                    result = fastai_fine_tune(args.data, seed, args.train_size, args.weights)
+                else:
+                    result = smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, name.endswith("cell"))
+                runs[name].append(result)
+                print(f"== seed {seed} {name}: {result['wall_s']:.1f} s, test AUC {result['test_auroc']:.4f}", flush=True)
+    print(f"\n{Path(args.data).stem}, N={args.train_size}, CPU {torch.get_num_threads()} threads, {len(args.seeds)} seeds:")
+    fastai_s = statistics.median(r["wall_s"] for r in runs["fastai fine_tune(20)"])
+    for name, results in runs.items():
+        wall = statistics.median(r["wall_s"] for r in results)
+        auc = statistics.mean(r["test_auroc"] for r in results)
+        print(f"  {name:<24} median {wall:6.1f} s   mean test AUC {auc:.3f}   ratio to fastai {wall / fastai_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
