@@ -37,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="study results.csv files")
     parser.add_argument("--peer", action="append", default=[], help="TARGET=fastai_peer CSV")
+    parser.add_argument("--wide", action="store_true", help="learning-curve tables: one row per recipe, one column per N")
     args = parser.parse_args()
     cells: dict[tuple, dict[int, float]] = {}
     walls: dict[tuple, list[float]] = {}
@@ -53,6 +54,9 @@ def main() -> None:
             cells.setdefault(key, {})[int(r["seed"])] = float(r["test_auroc"])
             walls.setdefault(key, []).append(float(r["wall_s"]))
 
+    if args.wide:
+        print_wide(cells)
+        return
     print("| target | source | recipe | N | seeds | test AUC, mean [95% CI] | s/run |")
     print("|---|---|---|---|---|---|---|")
     for key in sorted(cells):
@@ -77,6 +81,36 @@ def main() -> None:
             if other > source and other_key in cells and method != "fastai fine_tune":
                 mean, low, high, pairs = paired_difference(cells[key], cells[other_key])
                 print(f"| {target} | {method}: {source} - {other} | {n} | {pairs} | {fmt(mean, low, high, True)} |")
+
+
+def print_wide(cells: dict[tuple, dict[int, float]]) -> None:
+    """Per target: test AUC per recipe and N, then each recipe's paired difference to fastai per N."""
+    for target in sorted({k[0] for k in cells}):
+        keys = [k for k in cells if k[0] == target]
+        sizes = sorted({k[3] for k in keys})
+        lines = sorted({(k[1], k[2]) for k in keys}, key=lambda sm: (sm[1] != "fastai fine_tune", sm))
+        header = "| recipe (source) | " + " | ".join(f"N={n}" for n in sizes) + " |"
+        rule = "|---|" + "---|" * len(sizes)
+        print(f"\n**{target}**: test AUC, mean [95% CI] (seeds)\n\n{header}\n{rule}")
+        for source, method in lines:
+            row = []
+            for n in sizes:
+                values = list(cells.get((target, source, method, n), {}).values())
+                row.append(f"{fmt(*mean_ci(values))} ({len(values)})" if len(values) > 1 else "")
+            print(f"| {method} ({source}) | " + " | ".join(row) + " |")
+        print(f"\n**{target}**: paired difference to fastai fine_tune, same subset seeds (pairs)\n\n{header}\n{rule}")
+        for source, method in lines:
+            if method == "fastai fine_tune":
+                continue
+            row = []
+            for n in sizes:
+                mine, peer = cells.get((target, source, method, n)), cells.get((target, "imagenet", "fastai fine_tune", n))
+                if mine and peer:
+                    mean, low, high, pairs = paired_difference(mine, peer)
+                    row.append(f"{fmt(mean, low, high, True)} ({pairs})" if pairs > 1 else "")
+                else:
+                    row.append("")
+            print(f"| {method} ({source}) | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
