@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("results", nargs="+", help="study results.csv files")
     parser.add_argument("--peer", action="append", default=[], help="TARGET=fastai_peer CSV")
     parser.add_argument("--wide", action="store_true", help="learning-curve tables: one row per recipe, one column per N")
+    parser.add_argument("--plot", default=None, help="also draw learning_curve_<target>.png of every cell (fastai included) into this folder")
     args = parser.parse_args()
     cells: dict[tuple, dict[int, float]] = {}
     walls: dict[tuple, list[float]] = {}
@@ -54,6 +55,8 @@ def main() -> None:
             cells.setdefault(key, {})[int(r["seed"])] = float(r["test_auroc"])
             walls.setdefault(key, []).append(float(r["wall_s"]))
 
+    if args.plot:
+        plot(cells, Path(args.plot))
     if args.wide:
         print_wide(cells)
         return
@@ -81,6 +84,20 @@ def main() -> None:
             if other > source and other_key in cells and method != "fastai fine_tune":
                 mean, low, high, pairs = paired_difference(cells[key], cells[other_key])
                 print(f"| {target} | {method}: {source} - {other} | {n} | {pairs} | {fmt(mean, low, high, True)} |")
+
+
+def plot(cells: dict[tuple, dict[int, float]], out: Path) -> None:
+    """The study runner's learning-curve plot, over the merged cells of several studies and the peer."""
+    from smallmed.study import plot_learning_curves
+
+    summary = []
+    for (target, source, method, n), values in sorted(cells.items()):
+        mean, low, high = mean_ci(list(values.values()))
+        summary.append({"target": target, "source": source, "method": method, "train_size": n,
+                        "auroc_mean": mean, "auroc_low": low, "auroc_high": high})
+    out.mkdir(parents=True, exist_ok=True)
+    for path in plot_learning_curves(summary, out):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def print_wide(cells: dict[tuple, dict[int, float]]) -> None:
