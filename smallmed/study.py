@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from smallmed.stats import mean_ci, paired_difference
 
@@ -207,7 +208,11 @@ def run_cell(config: StudyConfig, out: Path, target: str, source: str, pretraine
             metrics = fit_and_test(args, study_cell=not config.keep_checkpoints)
         row.update(status="ok", test_auroc=metrics.get("test/auroc"), test_acc=metrics.get("test/acc"),
                    test_f1=metrics.get("test/f1"))
-    except SystemExit:  # the config parser rejected the run's arguments and printed why
+    except SystemExit as exit_:
+        # The config parser exits with 2 after printing why; Lightning turns SIGTERM (SIGTERMException)
+        # and Ctrl-C (exit 1) into SystemExit too, and those stop the study, not just this cell.
+        if isinstance(exit_, SIGTERMException) or exit_.code != 2:
+            raise
         row.update(status="error", error=("invalid run config: " + stderr.tail(400)).replace("\n", " "))
     except Exception as err:  # a crash in one cell is recorded; the study goes on
         row.update(status="error", error=f"{type(err).__name__}: {err}"[:500])

@@ -139,3 +139,32 @@ def test_study_cells_keep_the_best_weights_in_memory_with_the_same_result(tmp_pa
     in_memory = fit_and_test(args, study_cell=True)
     assert in_memory["test/auroc"] == pytest.approx(on_disk["test/auroc"], abs=1e-7)
     assert len(list(tmp_path.rglob("*.ckpt"))) == 1  # only the checkpointed run wrote one
+
+
+def test_sigterm_stops_the_study_instead_of_being_recorded_as_a_bad_config(tmp_path, breastmnist, monkeypatch):
+    """Lightning raises SIGTERMException (a SystemExit) on SIGTERM; it must end the study, not one cell."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import smallmed.cli
+
+    def terminated(*args, **kwargs):
+        raise SIGTERMException(1)
+
+    monkeypatch.setattr(smallmed.cli, "fit_and_test", terminated)
+    config = write_study(tmp_path, breastmnist, seeds=[0, 1])
+    with pytest.raises(SIGTERMException):
+        cli_main(["study", "--config", str(config)])
+    assert not (tmp_path / "study" / "results.csv").exists()
+
+
+def test_ctrl_c_inside_a_run_stops_the_study(tmp_path, breastmnist, monkeypatch):
+    """Lightning answers Ctrl-C with sys.exit(1); only the parser's exit 2 is a bad cell config."""
+    import smallmed.cli
+
+    def interrupted(*args, **kwargs):
+        raise SystemExit(1)
+
+    monkeypatch.setattr(smallmed.cli, "fit_and_test", interrupted)
+    with pytest.raises(SystemExit):
+        cli_main(["study", "--config", str(write_study(tmp_path, breastmnist, seeds=[0]))])
+    assert not (tmp_path / "study" / "results.csv").exists()
