@@ -30,13 +30,25 @@ from smallmed.datamodules import NpzDataModule  # noqa: E402
 from smallmed.stats import fmt_ci, mean_ci  # noqa: E402
 
 
+def augmentations(kind: str, image_size: int) -> list:
+    """``fastai``: fastai's defaults (zoom, warp, lighting), rotation limited to +-10 degrees as the paper's;
+    ``paper``: only the paper's flips and +-10 degree rotations, as smallmed's recipes use."""
+    from fastai.vision.all import aug_transforms
+
+    if kind == "fastai":
+        return aug_transforms(size=image_size, max_rotate=10.0)
+    if kind == "paper":
+        return aug_transforms(size=image_size, max_rotate=10.0, max_zoom=1.0, max_lighting=0.0, max_warp=0.0)
+    raise ValueError(f"unknown augment {kind!r}; choose fastai or paper")
+
+
 def fastai_fine_tune(
     data: str, seed: int, train_size: int, weights: str | None, epochs: int = 20, image_size: int = 64,
-    batch_size: int = 16, base_lr: float = 2e-3, arch: str = "tf_efficientnet_lite0",
+    batch_size: int = 16, base_lr: float = 2e-3, arch: str = "tf_efficientnet_lite0", augment: str = "fastai",
 ) -> dict[str, float]:
     """One fastai ``fine_tune`` run on smallmed's subset for ``seed``; returns test AUC and wall time."""
     from fastai.vision.all import (
-        CategoryBlock, DataBlock, ImageBlock, IndexSplitter, Normalize, PILImage, aug_transforms,
+        CategoryBlock, DataBlock, ImageBlock, IndexSplitter, Normalize, PILImage,
         set_seed, vision_learner,
     )
     from sklearn.metrics import roc_auc_score
@@ -60,7 +72,7 @@ def fastai_fine_tune(
         get_x=lambda i: PILImage.create(images[i]),
         get_y=lambda i: labels[i],
         splitter=IndexSplitter(list(range(len(train.labels), n_fit))),
-        batch_tfms=[*aug_transforms(size=image_size, max_rotate=10.0), Normalize.from_stats([0.5] * 3, [0.5] * 3)],
+        batch_tfms=[*augmentations(augment, image_size), Normalize.from_stats([0.5] * 3, [0.5] * 3)],
     )
     start = time.perf_counter()
     dls = block.dataloaders(list(range(n_fit)), bs=batch_size, num_workers=0)
@@ -88,12 +100,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--augment", default="fastai", choices=["fastai", "paper"],
+                        help="fastai's default augmentations, or only the paper's flips and rotations")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     for seed in args.seeds:
-        result = fastai_fine_tune(args.data, seed, args.train_size, args.weights, args.epochs, args.image_size)
+        result = fastai_fine_tune(args.data, seed, args.train_size, args.weights, args.epochs, args.image_size, augment=args.augment)
         rows.append({"target": Path(args.data).stem, "method": "fastai_fine_tune", "source": "imagenet",
                      "train_size": args.train_size, "seed": seed, **result})
         print(f"== fastai fine_tune({args.epochs}) seed {seed}: test AUC {result['test_auroc']:.4f} in {result['wall_s']:.1f} s", flush=True)
