@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -43,8 +44,16 @@ class SmallMedClassifier(L.LightningModule):
         tta: average four passes (image, flipped, two corner crops) at test and predict time.
         num_groups: layer groups returned by :meth:`layer_groups` (3: early body, late body, head).
         class_names: names for per-class metrics and predictions.
-        channels_last: keep weights and inputs in NHWC memory order, which convolutions in bf16 /
-            fp16 on recent GPUs run faster; on the CPU contiguous NCHW measured faster.
+        channels_last: keep weights and inputs in NHWC memory order. ``None`` (default) chooses
+            per run, where it measured faster (``docs/speed.md``): on the CPU, where oneDNN's
+            depthwise convolutions gain most (a tf_efficientnet_lite0 step at 64 px, batch 16, took
+            0.80 of the NCHW time on 2 cores, 0.58 at 224 px; ResNets at 64 px lost 7-21%), and on
+            a GPU with 16-bit precision (cuDNN's tensor-core kernels); fp32 GPU runs stay NCHW, the
+            layout the GPU study figures were measured in. Outside a Trainer, ``None`` is NCHW.
+        fused_optimizer: use the optimizer's fused kernel (one kernel for every parameter instead of
+            a loop over tensors) where torch has one for the parameters' device: Adam's step on
+            lite0 went from 12.7 to 2.3 ms on 2 CPU cores. ``false`` gives torch's default (a loop on
+            the CPU, ``foreach`` on CUDA), as the runs in ``docs/results.md`` used.
 
     Example:
         >>> model = SmallMedClassifier("test_resnet", num_classes=2, pretrained=False)
@@ -73,7 +82,8 @@ class SmallMedClassifier(L.LightningModule):
         tta: bool = False,
         num_groups: int = 3,
         class_names: list[str] | None = None,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
+        fused_optimizer: bool = True,
     ) -> None:
         super().__init__()
         tasks.check_task(task, num_classes)
@@ -91,8 +101,9 @@ class SmallMedClassifier(L.LightningModule):
         self.task = task
         self.backbone = create_backbone(backbone, tasks.num_outputs(task, num_classes), in_chans, drop_rate)
         self.weights_source = load_pretrained(self.backbone, backbone, pretrained)
+        self.channels_last = False
         if channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
+            self.use_channels_last(True)
         mean, std = normalization_stats(self.backbone, in_chans)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
@@ -113,7 +124,17 @@ class SmallMedClassifier(L.LightningModule):
             else:
                 raise ValueError(f"images have {x.shape[1]} channels; the model takes {channels}")
         x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def use_channels_last(self, enabled: bool) -> None:
+        """Put the backbone's weights and every input in NHWC (``True``) or NCHW (``False``) order."""
+        self.channels_last = enabled
+        self.backbone.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last is None:
+            strategy = self.trainer.strategy
+            self.use_channels_last(prefers_channels_last(strategy.root_device.type, str(self.trainer.precision)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits: ``(B, 1)`` for binary, ``(B, num_classes)`` otherwise."""
@@ -174,6 +195,8 @@ class SmallMedClassifier(L.LightningModule):
         kwargs: dict = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
             kwargs["momentum"] = hp.momentum
+        if hp.fused_optimizer and fused_kernels_available(self.parameters()):
+            kwargs["fused"] = True
         optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
@@ -191,6 +214,16 @@ class SmallMedClassifier(L.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def prefers_channels_last(device_type: str, precision: str) -> bool:
+    """The layout ``channels_last=None`` picks: NHWC on the CPU and for 16-bit GPU runs, NCHW otherwise."""
+    return device_type == "cpu" or (device_type == "cuda" and precision.startswith(("16", "bf16")))
+
+
+def fused_kernels_available(parameters: Iterable[torch.Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels take these parameters: floating point, on CPU or CUDA."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
 
 
 def tta_views(images: torch.Tensor, crop: float = 0.9) -> list[torch.Tensor]:

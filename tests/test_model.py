@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from smallmed import schedules, tasks
-from smallmed.model import SmallMedClassifier, tta_views
+from smallmed.model import SmallMedClassifier, prefers_channels_last, tta_views
 
 FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
 SIZE = 32  # every family above takes 32px (test_vit is built with dynamic_img_size=True)
@@ -286,6 +286,61 @@ def test_other_optimizers(optimizer):
     assert opt.param_groups[0]["weight_decay"] == 1e-4
     if optimizer == "sgd":
         assert opt.param_groups[0]["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_optimizer_kernel_is_the_default_and_can_be_turned_off(optimizer, fused):
+    model = make_model("test_resnet", optimizer=optimizer, lr_schedule="constant", fused_optimizer=fused)
+    train, val = loaders("binary")
+    t = trainer(limit_val_batches=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    t.fit(model, train, val)
+    assert bool(t.optimizers[0].param_groups[0].get("fused")) is fused
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it did step
+
+
+def test_fused_and_loop_optimizers_take_the_same_steps():
+    """The fused kernel is a faster Adam, not another optimizer: both follow the same trajectory."""
+    weights = {}
+    for fused in (True, False):
+        L.seed_everything(0, verbose=False)
+        model = make_model("test_resnet", lr_schedule="constant", fused_optimizer=fused)
+        train, val = loaders("binary")
+        trainer(limit_val_batches=0).fit(model, train, val)
+        weights[fused] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.allclose(weights[True], weights[False], atol=1e-5, rtol=1e-4)
+
+
+def test_channels_last_gives_the_nchw_logits():
+    L.seed_everything(0, verbose=False)
+    nhwc = make_model("test_efficientnet", channels_last=True).eval()
+    nchw = make_model("test_efficientnet", channels_last=False).eval()
+    nchw.load_state_dict(nhwc.state_dict())
+    x = images(4, channels=1, size=32)
+    assert nhwc.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc.preprocess(x).is_contiguous(memory_format=torch.channels_last)
+    assert not nchw.preprocess(x).is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(x), nchw(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, True), (False, False), (True, True)])
+def test_channels_last_default_is_chosen_per_run_and_nhwc_on_the_cpu(setting, expected):
+    model = make_model("test_efficientnet", channels_last=setting)
+    assert model.channels_last is bool(setting)  # outside a Trainer, None is plain NCHW
+    train, val = loaders("binary")
+    trainer(limit_val_batches=0).fit(model, train, val)
+    assert model.channels_last is expected
+    assert model.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last) is expected
+
+
+@pytest.mark.parametrize(("device", "precision", "expected"), [
+    ("cpu", "32-true", True), ("cpu", "bf16-mixed", True), ("cuda", "32-true", False),
+    ("cuda", "bf16-mixed", True), ("cuda", "16-mixed", True), ("cuda", "bf16-true", True), ("mps", "32-true", False),
+])
+def test_channels_last_default_rule(device, precision, expected):
+    assert prefers_channels_last(device, precision) is expected
 
 
 EPOCHS, STEPS_PER_EPOCH = 3, 2
