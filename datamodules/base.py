@@ -65,14 +65,18 @@ class SmallImageDataModule(L.LightningDataModule):
         hflip: random horizontal flips.
         batch_size: training batch size (the paper uses 16).
         eval_batch_size: batch size for val / test / predict.
-        num_workers: loader workers; 0 is fastest for in-memory uint8 tensors at small sizes.
+        num_workers: loader workers of the per-image path (``device_resident=False``); 0 is fastest
+            for in-memory uint8 tensors at small sizes.
         num_classes: expected classes; derived from the labels when ``None``, checked when given.
         class_names: names of the classes, in label order.
         task: ``binary``, ``multiclass`` or ``multilabel``; derived from the labels when ``None``.
         device_resident: copy each split to the training device once, let the loaders yield only
             indices and augment whole batches there (:mod:`smallmed.datamodules.device_batches`).
-            ``None`` (default): on when the Trainer runs on an accelerator, off on the CPU, where the
-            per-image path is as fast and keeps earlier CPU results reproducible.
+            ``None`` (default): on whenever a Trainer drives the loaders, on the CPU too, where one
+            batched affine resample per step replaced 16 per-image torchvision transforms and saved
+            about 0.6 s of a 50-image run; off when the loaders are used without a Trainer, so
+            they yield images there. ``False``: the per-image torchvision path in loader workers
+            (the CPU runs in ``docs/results.md`` used it).
     """
 
     def __init__(
@@ -234,8 +238,7 @@ class SmallImageDataModule(L.LightningDataModule):
         """Whether loaders yield indices into device-held splits (see ``device_resident``)."""
         if self.device_resident is not None:
             return self.device_resident
-        trainer = self.trainer
-        return trainer is not None and trainer.strategy.root_device.type != "cpu"
+        return self.trainer is not None
 
     def _loader_dataset(self, split: str) -> Dataset:
         if self.uses_device_batches():

@@ -1,6 +1,6 @@
 """The device-resident data path: whole-batch augmentation as one affine resampling, index loaders.
 
-A CUDA run takes this path by default; here it runs on the CPU (``device_resident=True``), which
+Every Trainer run takes this path by default, on the CPU too; these tests run it on the CPU, which
 exercises the same code: the loaders yield indices, ``on_after_batch_transfer`` gathers and augments.
 """
 
@@ -107,8 +107,22 @@ def test_resident_module_feeds_augmented_floats_and_exact_eval_crops(make_npz):
     assert again["test/auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-6)
 
 
-def test_default_is_per_image_on_the_cpu(make_npz):
+def test_default_is_device_resident_under_a_trainer_even_on_the_cpu(make_npz):
     dm, spy, _, _ = _fit_and_test(make_npz(train=(8, 8), val=(4, 4), test=(4, 4)), resident=None)
+    assert dm.uses_device_batches() and dm._index_loaders == {"train", "val", "test"}
+    assert torch.cat(spy.seen["train"]).dtype == torch.float32  # augmented on the device, as a batch
+
+
+def test_default_loaders_yield_images_without_a_trainer(make_npz):
+    """Code outside Lightning that iterates the loaders gets images, not indices into held splits."""
+    dm = NpzDataModule(str(make_npz()), train_size=12, image_size=32, batch_size=4)
+    dm.setup("fit")
+    images, _ = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (4, 1, 32, 32)
+
+
+def test_per_image_path_when_turned_off(make_npz):
+    dm, spy, _, _ = _fit_and_test(make_npz(train=(8, 8), val=(4, 4), test=(4, 4)), resident=False)
     assert not dm.uses_device_batches() and dm._index_loaders == set()
     assert torch.cat(spy.seen["train"]).dtype == torch.uint8
 
