@@ -132,13 +132,14 @@ def fit_and_test(args: list[str] | None = None, study_cell: bool = False) -> dic
 
     ``study_cell=True`` is the study runner's lean variant of the same run: the best weights are
     kept in memory (:class:`~smallmed.callbacks.BestWeightsInMemory`, the checkpoint callback's own
-    monitor and mode) instead of written to disk and read back, and the run report's pictures are
-    not drawn. The trained model and its test metrics are the same.
+    monitor and mode) instead of written to disk and read back, the run report's pictures are not
+    drawn, and Lightning's sanity validation (a val pass before training, whose results are thrown
+    away) is skipped. The trained model and its test metrics are the same.
     """
     cli = build_cli(args, run=False)
     trainer = cli.trainer
     if study_cell:
-        _lean_callbacks(trainer)
+        _make_lean(trainer)
     trainer.fit(cli.model, datamodule=cli.datamodule)
     ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
     # The run report prints a short table of the test metrics; Lightning's long one is left out.
@@ -152,8 +153,9 @@ def fit_and_test(args: list[str] | None = None, study_cell: bool = False) -> dic
     return metrics
 
 
-def _lean_callbacks(trainer) -> None:
-    """Swap the checkpoint callback for in-memory best weights and drop the run report's pictures."""
+def _make_lean(trainer) -> None:
+    """Swap the checkpoint callback for in-memory best weights, drop the run report's pictures and
+    the sanity validation."""
     from smallmed.callbacks import BestWeightsInMemory
 
     kept = []
@@ -164,6 +166,7 @@ def _lean_callbacks(trainer) -> None:
         elif not isinstance(callback, RunReport):
             kept.append(callback)
     trainer.callbacks = kept
+    trainer.num_sanity_val_steps = 0
 
 
 def main(argv: list[str] | None = None) -> None:
