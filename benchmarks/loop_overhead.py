@@ -4,9 +4,10 @@
     python benchmarks/loop_overhead.py --model densenet121 --size 224 --batch 128 --precision bf16-mixed --channels-last
 
 Both loops train the same model from the same initial weights on the same in-memory uint8 images,
-through the same data path: on a GPU the split is held on the device and each batch is gathered and
-augmented there in one resampling (:mod:`smallmed.datamodules.device_batches`); on the CPU, as a CPU
-run trains, per image through a DataLoader. The raw loop is
+through the same data path, smallmed's default: the split is held on the device and each batch is
+gathered and augmented there in one resampling (:mod:`smallmed.datamodules.device_batches`);
+``--no-device-resident`` goes per image through a DataLoader instead. Both step Adam's fused kernel
+(``--no-fused``: torch's default Adam). The raw loop is
 ``gather -> augment -> preprocess -> forward -> loss -> backward -> Adam step`` with no logging;
 smallmed's is ``SmallMedClassifier`` + ``SmallImageDataModule`` in a Lightning ``Trainer`` with the
 paper's callbacks (``DiscriminativeLR``, ``GradualUnfreezing``), the LR monitor, a CSV logger at
@@ -85,7 +86,7 @@ def _sync(device: torch.device) -> None:
 def raw_loop(model: SmallMedClassifier, data: SyntheticData, epochs: int, device: torch.device, bf16: bool) -> float:
     """The fastest plain loop over the same data path; seconds for ``epochs`` after one warm-up epoch."""
     model = model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=model.hparams.fused_optimizer or None)  # as smallmed's
     batch = data.batch_size
     labels = torch.as_tensor(data.splits["train"].labels).to(device)
     resident = data.uses_device_batches()
@@ -138,17 +139,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternate raw / smallmed this many times; medians compared")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--device-resident", action=argparse.BooleanOptionalAction, default=None,
-                        help="data held on the device, batches augmented there (default: on a GPU only)")
+    parser.add_argument("--device-resident", action=argparse.BooleanOptionalAction, default=True,
+                        help="data held on the device, batches augmented there (smallmed's default)")
+    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                        help="both loops step Adam's fused kernel (smallmed's default)")
     args = parser.parse_args()
     accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(accelerator)
     if accelerator == "cuda":
         torch.backends.cudnn.benchmark = True
-    data = SyntheticData(args.images, args.size, batch_size=args.batch, device_resident=accelerator == "cuda" if args.device_resident is None else args.device_resident)
+    data = SyntheticData(args.images, args.size, batch_size=args.batch, device_resident=args.device_resident)
     data.setup("fit")
     torch.manual_seed(0)
-    base = SmallMedClassifier(args.model, pretrained=False, lr=1e-4, lr_schedule="one_cycle", channels_last=args.channels_last)
+    base = SmallMedClassifier(args.model, pretrained=False, lr=1e-4, lr_schedule="one_cycle", channels_last=args.channels_last,
+                              fused_optimizer=args.fused)
     raw_times, smallmed_times = [], []
     with tempfile.TemporaryDirectory() as log_dir:
         for _ in range(args.repeats):
@@ -157,7 +161,7 @@ def main() -> None:
     seen = args.epochs * (args.images // args.batch) * args.batch
     raw_ips, smallmed_ips = seen / statistics.median(raw_times), seen / statistics.median(smallmed_times)
     card = torch.cuda.get_device_name() if accelerator == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    layout = "channels_last" if args.channels_last else "NCHW"
+    layout = ("channels_last" if args.channels_last else "NCHW") + (", fused Adam" if args.fused else "")
     print(f"{args.model} {args.size}px batch {args.batch} {args.precision} {layout} on {card}, "
           f"{seen} images timed x {args.repeats}")
     print(f"raw PyTorch loop: {raw_ips:8.1f} images/s  (runs: {', '.join(f'{seen / t:.0f}' for t in raw_times)})")
