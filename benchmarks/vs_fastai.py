@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -33,11 +34,15 @@ from fastai_peer import fastai_fine_tune  # noqa: E402
 from smallmed.cli import fit_and_test  # noqa: E402
 
 
-def smallmed_run(data: str, weights: str, seed: int, train_size: int, log_dir: str, study_cell: bool) -> dict[str, float]:
+def smallmed_run(
+    data: str, weights: str, seed: int, train_size: int, log_dir: str, study_cell: bool, extra: Sequence[str] = (),
+) -> dict[str, float]:
+    """The paper recipe on ``data`` as a ``train.py`` run or a study cell; its test AUC and wall time."""
     logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": log_dir, "name": ""}}]
     args = ["--config", str(REPO / "configs/paper_recipe.yaml"), "--data.init_args.path", data,
             "--data.init_args.train_size", str(train_size), "--data.init_args.seed", str(seed),
-            "--seed_everything", str(seed), "--model.init_args.pretrained", weights, "--trainer.logger", json.dumps(logger)]
+            "--seed_everything", str(seed), "--model.init_args.pretrained", weights, "--trainer.logger", json.dumps(logger),
+            *extra]
     start = time.perf_counter()
     metrics = fit_and_test(args, study_cell=study_cell)
     return {"test_auroc": metrics["test/auroc"], "wall_s": time.perf_counter() - start}

@@ -1,0 +1,65 @@
+"""What each of smallmed's fast-path defaults buys on the CPU, measured on one 50-image study cell.
+
+    python benchmarks/cpu_fast_path.py --seeds 0 1 2          # BreastMNIST, N=50, 64 px, paper recipe
+
+Times the same study cell (``vs_fastai.py``'s) four ways, in one process: with the settings the runs
+in ``docs/results.md`` used (NCHW, torch's loop Adam, per-image torchvision augmentation), then
+turning on ``channels_last``, the fused optimizer kernel and device-resident batched augmentation
+one after the other; the last row is today's defaults. The order alternates from seed to seed. Prints
+each run's wall time and test AUC, then per row the median wall time, the mean test AUC and the
+ratio to the first row. The AUC moves from row to row (other rounding and another augmentation
+stream); whether it moves on average is a question for many seeds (``compare_recipes.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vs_fastai import smallmed_run  # noqa: E402
+
+OFF = {
+    "channels_last": ["--model.init_args.channels_last", "false"],
+    "fused": ["--model.init_args.fused_optimizer", "false"],
+    "batched": ["--data.init_args.device_resident", "false"],
+}
+ROWS = {
+    "earlier settings (NCHW, loop Adam, per image)": ["channels_last", "fused", "batched"],
+    "+ channels_last": ["fused", "batched"],
+    "+ fused Adam": ["batched"],
+    "+ batched augmentation (the defaults)": [],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/breastmnist_28.npz")
+    parser.add_argument("--weights", default="weights/tf_efficientnet_lite0.safetensors")
+    parser.add_argument("--train-size", type=int, default=50)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, float]]] = {row: [] for row in ROWS}
+    with tempfile.TemporaryDirectory() as log_dir:
+        for i, seed in enumerate(args.seeds):
+            for row in (list(ROWS) if i % 2 == 0 else list(reversed(ROWS))):
+                extra = [flag for off in ROWS[row] for flag in OFF[off]]
+                result = smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, True, extra)
+                runs[row].append(result)
+                print(f"== seed {seed} {row}: {result['wall_s']:.1f} s, test AUC {result['test_auroc']:.4f}", flush=True)
+    print(f"\n{Path(args.data).stem}, N={args.train_size}, study cell, CPU {torch.get_num_threads()} threads, {len(args.seeds)} seeds:")
+    first = statistics.median(r["wall_s"] for r in runs[next(iter(ROWS))])
+    for row, results in runs.items():
+        wall = statistics.median(r["wall_s"] for r in results)
+        auc = statistics.mean(r["test_auroc"] for r in results)
+        print(f"  {row:<46} median {wall:6.1f} s   mean test AUC {auc:.3f}   ratio {wall / first:.2f}")
+
+
+if __name__ == "__main__":
+    main()
