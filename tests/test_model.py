@@ -300,18 +300,6 @@ def test_fused_optimizer_kernel_is_the_default_and_can_be_turned_off(optimizer, 
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it did step
 
 
-def test_fused_and_loop_optimizers_take_the_same_steps():
-    """The fused kernel is a faster Adam, not another optimizer: both follow the same trajectory."""
-    weights = {}
-    for fused in (True, False):
-        L.seed_everything(0, verbose=False)
-        model = make_model("test_resnet", lr_schedule="constant", fused_optimizer=fused)
-        train, val = loaders("binary")
-        trainer(limit_val_batches=0).fit(model, train, val)
-        weights[fused] = torch.cat([p.detach().flatten() for p in model.parameters()])
-    assert torch.allclose(weights[True], weights[False], atol=1e-5, rtol=1e-4)
-
-
 def test_channels_last_gives_the_nchw_logits():
     L.seed_everything(0, verbose=False)
     nhwc = make_model("test_efficientnet", channels_last=True).eval()
