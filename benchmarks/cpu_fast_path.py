@@ -14,7 +14,6 @@ stream); whether it moves on average is a question for many seeds (``compare_rec
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vs_fastai import smallmed_run  # noqa: E402
+from vs_fastai import alternate, print_medians, smallmed_run  # noqa: E402
 
 OFF = {
     "channels_last": ["--model.init_args.channels_last", "false"],
@@ -45,20 +44,14 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=50)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args()
-    runs: dict[str, list[dict[str, float]]] = {row: [] for row in ROWS}
     with tempfile.TemporaryDirectory() as log_dir:
-        for i, seed in enumerate(args.seeds):
-            for row in (list(ROWS) if i % 2 == 0 else list(reversed(ROWS))):
-                extra = [flag for off in ROWS[row] for flag in OFF[off]]
-                result = smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, True, extra)
-                runs[row].append(result)
-                print(f"== seed {seed} {row}: {result['wall_s']:.1f} s, test AUC {result['test_auroc']:.4f}", flush=True)
-    print(f"\n{Path(args.data).stem}, N={args.train_size}, study cell, CPU {torch.get_num_threads()} threads, {len(args.seeds)} seeds:")
-    first = statistics.median(r["wall_s"] for r in runs[next(iter(ROWS))])
-    for row, results in runs.items():
-        wall = statistics.median(r["wall_s"] for r in results)
-        auc = statistics.mean(r["test_auroc"] for r in results)
-        print(f"  {row:<46} median {wall:6.1f} s   mean test AUC {auc:.3f}   ratio {wall / first:.2f}")
+        def run_one(row: str, seed: int) -> dict[str, float]:
+            extra = [flag for off in ROWS[row] for flag in OFF[off]]
+            return smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, True, extra)
+
+        runs = alternate(args.seeds, list(ROWS), run_one)
+    print_medians(runs, next(iter(ROWS)), "ratio", f"{Path(args.data).stem}, N={args.train_size}, study cell, "
+                  f"CPU {torch.get_num_threads()} threads, {len(args.seeds)} seeds:")
 
 
 if __name__ == "__main__":

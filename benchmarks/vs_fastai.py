@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -48,6 +48,31 @@ def smallmed_run(
     return {"test_auroc": metrics["test/auroc"], "wall_s": time.perf_counter() - start}
 
 
+def alternate(
+    seeds: Sequence[int], names: Sequence[str], run_one: Callable[[str, int], dict[str, float]],
+) -> dict[str, list[dict[str, float]]]:
+    """Run each named variant once per seed, the order reversed from one seed to the next, so that no
+    variant always runs on a warmer (or more tired) process; prints each run as it ends."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for i, seed in enumerate(seeds):
+        for name in (list(names) if i % 2 == 0 else list(reversed(names))):
+            result = run_one(name, seed)
+            runs[name].append(result)
+            print(f"== seed {seed} {name}: {result['wall_s']:.1f} s, test AUC {result['test_auroc']:.4f}", flush=True)
+    return runs
+
+
+def print_medians(runs: dict[str, list[dict[str, float]]], baseline: str, ratio_label: str, header: str) -> None:
+    """Per variant: the median wall time, the mean test AUC and the ratio of medians to ``baseline``."""
+    print(f"\n{header}")
+    base = statistics.median(r["wall_s"] for r in runs[baseline])
+    width = max(len(name) for name in runs)
+    for name, results in runs.items():
+        wall = statistics.median(r["wall_s"] for r in results)
+        auc = statistics.mean(r["test_auroc"] for r in results)
+        print(f"  {name:<{width}} median {wall:6.1f} s   mean test AUC {auc:.3f}   {ratio_label} {wall / base:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/breastmnist_28.npz")
@@ -55,23 +80,16 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=50)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args()
-    runs: dict[str, list[dict[str, float]]] = {"fastai fine_tune(20)": [], "smallmed train.py run": [], "smallmed study cell": []}
+    names = ["fastai fine_tune(20)", "smallmed train.py run", "smallmed study cell"]
     with tempfile.TemporaryDirectory() as log_dir:
-        for i, seed in enumerate(args.seeds):
-            order = list(runs) if i % 2 == 0 else list(reversed(runs))
-            for name in order:
-                if name.startswith("fastai"):
-                    result = fastai_fine_tune(args.data, seed, args.train_size, args.weights)
-                else:
-                    result = smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, name.endswith("cell"))
-                runs[name].append(result)
-                print(f"== seed {seed} {name}: {result['wall_s']:.1f} s, test AUC {result['test_auroc']:.4f}", flush=True)
-    print(f"\n{Path(args.data).stem}, N={args.train_size}, CPU {torch.get_num_threads()} threads, {len(args.seeds)} seeds:")
-    fastai_s = statistics.median(r["wall_s"] for r in runs["fastai fine_tune(20)"])
-    for name, results in runs.items():
-        wall = statistics.median(r["wall_s"] for r in results)
-        auc = statistics.mean(r["test_auroc"] for r in results)
-        print(f"  {name:<24} median {wall:6.1f} s   mean test AUC {auc:.3f}   ratio to fastai {wall / fastai_s:.2f}")
+        def run_one(name: str, seed: int) -> dict[str, float]:
+            if name.startswith("fastai"):
+                return fastai_fine_tune(args.data, seed, args.train_size, args.weights)
+            return smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, name.endswith("cell"))
+
+        runs = alternate(args.seeds, names, run_one)
+    print_medians(runs, names[0], "ratio to fastai",
+                  f"{Path(args.data).stem}, N={args.train_size}, CPU {torch.get_num_threads()} threads, {len(args.seeds)} seeds:")
 
 
 if __name__ == "__main__":
