@@ -13,7 +13,6 @@ stream); whether it moves on average is a question for many seeds (``compare_rec
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vs_fastai import alternate, print_medians, smallmed_run  # noqa: E402
+from vs_fastai import alternate, print_medians, smallmed_run, task_arguments  # noqa: E402
 
 OFF = {
     "channels_last": ["--model.init_args.channels_last", "false"],
@@ -38,12 +37,7 @@ ROWS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/breastmnist_28.npz")
-    parser.add_argument("--weights", default="weights/tf_efficientnet_lite0.safetensors")
-    parser.add_argument("--train-size", type=int, default=50)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    args = parser.parse_args()
+    args = task_arguments(__doc__).parse_args()
     with tempfile.TemporaryDirectory() as log_dir:
         def run_one(row: str, seed: int) -> dict[str, float]:
             extra = [flag for off in ROWS[row] for flag in OFF[off]]

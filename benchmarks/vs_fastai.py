@@ -48,6 +48,16 @@ def smallmed_run(
     return {"test_auroc": metrics["test/auroc"], "wall_s": time.perf_counter() - start}
 
 
+def task_arguments(doc: str) -> argparse.ArgumentParser:
+    """The 50-image task's options: data, weights, N and seeds (BreastMNIST, ImageNet lite0, 50, 0-2)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/breastmnist_28.npz")
+    parser.add_argument("--weights", default="weights/tf_efficientnet_lite0.safetensors")
+    parser.add_argument("--train-size", type=int, default=50)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    return parser
+
+
 def alternate(
     seeds: Sequence[int], names: Sequence[str], run_one: Callable[[str, int], dict[str, float]],
 ) -> dict[str, list[dict[str, float]]]:
@@ -74,12 +84,7 @@ def print_medians(runs: dict[str, list[dict[str, float]]], baseline: str, ratio_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/breastmnist_28.npz")
-    parser.add_argument("--weights", default="weights/tf_efficientnet_lite0.safetensors")
-    parser.add_argument("--train-size", type=int, default=50)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    args = parser.parse_args()
+    args = task_arguments(__doc__).parse_args()
     names = ["fastai fine_tune(20)", "smallmed train.py run", "smallmed study cell"]
     with tempfile.TemporaryDirectory() as log_dir:
         def run_one(name: str, seed: int) -> dict[str, float]:
