@@ -132,6 +132,7 @@ class SmallMedClassifier(L.LightningModule):
         self.backbone.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def setup(self, stage: str) -> None:
+        """Settle ``channels_last=None`` once the Trainer knows the device and the precision."""
         if self.hparams.channels_last is None:
             strategy = self.trainer.strategy
             self.use_channels_last(prefers_channels_last(strategy.root_device.type, str(self.trainer.precision)))
