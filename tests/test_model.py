@@ -323,6 +323,40 @@ def test_channels_last_default_is_chosen_per_run_and_nhwc_on_the_cpu(setting, ex
     assert model.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last) is expected
 
 
+class ValidationLogits(Callback):
+    """The logits of each validation batch, as the model's validation step computed them."""
+
+    def __init__(self) -> None:
+        self.logits: list[torch.Tensor] = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.logits.append(pl_module(batch[0]))
+
+
+def test_fold_batchnorm_is_used_in_eval_passes_only_and_gives_the_unfolded_logits():
+    L.seed_everything(0, verbose=False)
+    model = make_model("test_efficientnet", channels_last=True)
+    train, val = loaders("binary")
+    trainer(max_epochs=2, limit_val_batches=0).fit(model, train, val)  # running statistics away from 0/1
+    unfolded = make_model("test_efficientnet", channels_last=True, fold_batchnorm=False)
+    unfolded.load_state_dict(model.state_dict())
+    x = images(4, channels=1, size=32)
+    model.eval(), unfolded.eval()
+    with torch.no_grad():
+        folded_logits = model(x)
+        torch.testing.assert_close(folded_logits, unfolded(x), atol=1e-5, rtol=1e-4)
+    assert model._batchnorm_folding().enabled and len(model._batchnorm_folding().pairs) > 3
+    assert not torch.equal(folded_logits, unfolded(x).detach())  # it did take the folded path (other rounding)
+    with torch.enable_grad():  # with gradients (Grad-CAM) the modules run as themselves
+        assert torch.equal(model(x), unfolded(x))
+    seen = ValidationLogits()
+    trainer(callbacks=[seen]).validate(model, val, verbose=False)
+    with torch.no_grad():
+        expected = torch.cat([unfolded(batch[0]) for batch in val])
+    torch.testing.assert_close(torch.cat(seen.logits), expected, atol=1e-5, rtol=1e-4)
+    assert [type(m) for m in model.modules()] == [type(m) for m in unfolded.modules()]
+
+
 @pytest.mark.parametrize(("device", "precision", "expected"), [
     ("cpu", "32-true", True), ("cpu", "bf16-mixed", True), ("cuda", "32-true", False),
     ("cuda", "bf16-mixed", True), ("cuda", "16-mixed", True), ("cuda", "bf16-true", True), ("mps", "32-true", False),
