@@ -18,7 +18,8 @@ tensor (post-norm blocks; a pre-activation DenseNet's norm-before-conv is left a
 pass is then checked against the plain one on that same batch, and a model whose output folding
 changes (a convolution's output also used elsewhere, say) is evaluated unfolded, with a warning.
 Only exact module types whose forward is known are folded: ``nn.Conv2d`` and timm's
-``Conv2dSame``, ``nn.BatchNorm2d`` and timm's ``BatchNormAct2d`` (its dropout and activation stay).
+``Conv2dSame`` (and their small-map depthwise subclasses), ``nn.BatchNorm2d`` and timm's
+``BatchNormAct2d`` (its dropout and activation stay).
 BatchNorms in training mode are left unfolded, and a model with forward hooks anywhere (a feature
 grabber, Grad-CAM) runs unfolded, so that each hook fires once on the module it was put on.
 """
@@ -38,7 +39,9 @@ try:  # timm's TF-"same" convolution and fused norm + activation
 except ImportError:  # pragma: no cover - timm is a dependency; the folding works without it
     BatchNormAct2d = Conv2dSame = conv2d_same = None
 
-FOLDABLE_CONVS = tuple(t for t in (nn.Conv2d, Conv2dSame) if t is not None)
+from smallmed.small_map_depthwise import SWAPS as _SMALL_MAP_SWAPS
+
+FOLDABLE_CONVS = tuple(t for t in (nn.Conv2d, Conv2dSame, *_SMALL_MAP_SWAPS.values()) if t is not None)
 FOLDABLE_NORMS = tuple(t for t in (nn.BatchNorm2d, BatchNormAct2d) if t is not None)
 
 
@@ -52,7 +55,7 @@ class _FoldedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv[0]
-        if type(conv) is Conv2dSame:
+        if isinstance(conv, Conv2dSame):
             if conv.dilation != (1, 1):
                 return conv2d_same(x, self.weight, self.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
             weight, padding = self._padded_weight(x.shape[-2], x.shape[-1])
