@@ -2,10 +2,11 @@
 
     python benchmarks/cpu_fast_path.py --seeds 0 1 2          # BreastMNIST, N=50, 64 px, paper recipe
 
-Times the same study cell (``vs_fastai.py``'s) four ways, in one process: with the settings the runs
-in ``docs/results.md`` used (NCHW, torch's loop Adam, per-image torchvision augmentation), then
-turning on ``channels_last``, the fused optimizer kernel and device-resident batched augmentation
-one after the other; the last row is today's defaults. The order alternates from seed to seed. Prints
+Times the same study cell (``vs_fastai.py``'s) six ways, in one process: with the settings the runs
+in ``docs/results.md`` used (NCHW, torch's loop Adam, per-image torchvision augmentation, plain
+eval passes, oneDNN's depthwise gradients), then turning on ``channels_last``, the fused optimizer
+kernel, device-resident batched augmentation, BatchNorm folding in eval passes and the small-map
+depthwise weight gradient one after the other; the last row is today's defaults. The order alternates from seed to seed. Prints
 each run's wall time and test AUC, then per row the median wall time, the mean test AUC and the
 ratio to the first row. The AUC moves from row to row (other rounding and another augmentation
 stream); whether it moves on average is a question for many seeds (``compare_recipes.py``).
@@ -27,12 +28,17 @@ OFF = {
     "channels_last": ["--model.init_args.channels_last", "false"],
     "fused": ["--model.init_args.fused_optimizer", "false"],
     "batched": ["--data.init_args.device_resident", "false"],
+    "folding": ["--model.init_args.fold_batchnorm", "false"],
+    "small_map": ["--model.init_args.small_map_depthwise", "false"],
 }
+EARLIER = ["channels_last", "fused", "batched", "folding", "small_map"]
 ROWS = {
-    "earlier settings (NCHW, loop Adam, per image)": ["channels_last", "fused", "batched"],
-    "+ channels_last": ["fused", "batched"],
-    "+ fused Adam": ["batched"],
-    "+ batched augmentation (the defaults)": [],
+    "earlier settings (NCHW, loop Adam, per image)": EARLIER,
+    "+ channels_last": EARLIER[1:],
+    "+ fused Adam": EARLIER[2:],
+    "+ batched augmentation": EARLIER[3:],
+    "+ BatchNorm folded for eval": EARLIER[4:],
+    "+ small-map depthwise gradient (the defaults)": [],
 }
 
 

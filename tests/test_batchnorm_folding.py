@@ -24,6 +24,17 @@ def trained_stats(model: nn.Module, size: int = 32, in_chans: int = 3) -> nn.Mod
     return model.eval()
 
 
+def ready(name: str) -> tuple[nn.Module, BatchNormFolding, torch.Tensor]:
+    """A timm test model with trained statistics, its folding past the first call, and an input."""
+    model = trained_stats(timm.create_model(name, num_classes=2))
+    folding = BatchNormFolding(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        folding(x)
+    assert folding.pairs
+    return model, folding, x
+
+
 def snapshot(model: nn.Module) -> tuple[list, dict]:
     return [(n, type(m)) for n, m in model.named_modules()], {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -138,11 +149,8 @@ def test_a_hooked_model_runs_unfolded_and_each_hook_fires_once():
 
 
 def test_norms_in_training_mode_are_not_folded():
-    model = trained_stats(timm.create_model("test_resnet", num_classes=2))
-    folding = BatchNormFolding(model)
-    x = torch.randn(2, 3, 32, 32)
+    model, folding, x = ready("test_resnet")
     with torch.no_grad():
-        folding(x)
         model.layer1[0].bn2.train()
         out = folding(x)
         reference = model(x)  # that norm uses the batch's statistics, in both
@@ -150,22 +158,17 @@ def test_norms_in_training_mode_are_not_folded():
 
 
 def test_modules_are_put_back_when_the_forward_fails():
-    model = trained_stats(timm.create_model("test_efficientnet", num_classes=2))
-    folding = BatchNormFolding(model)
+    model, folding, _ = ready("test_efficientnet")
+    before, _ = snapshot(model)
     with torch.no_grad():
-        folding(torch.randn(2, 3, 32, 32))
-        before, _ = snapshot(model)
         with pytest.raises(RuntimeError):
             folding(torch.randn(2, 5, 32, 32))  # wrong channel count fails inside the stem
     assert snapshot(model)[0] == before
 
 
 def test_a_replaced_module_makes_it_find_the_pairs_again():
-    model = trained_stats(timm.create_model("test_efficientnet", num_classes=2))
-    folding = BatchNormFolding(model)
-    x = torch.randn(2, 3, 32, 32)
+    model, folding, x = ready("test_efficientnet")
     with torch.no_grad():
-        folding(x)
         new_stem = nn.Conv2d(3, model.conv_stem.out_channels, 3, stride=2, padding=1, bias=False)
         model.conv_stem = new_stem
         torch.testing.assert_close(folding(x), model(x), atol=1e-5, rtol=1e-4)
