@@ -60,7 +60,10 @@ class SmallMedClassifier(L.LightningModule):
             backbone with each BatchNorm folded into the convolution before it
             (:class:`~smallmed.batchnorm_folding.BatchNormFolding`): the same logits up to float
             rounding, one operation fewer per pair. A lite0 eval pass (78 images, 64 px, 2 CPU
-            cores) took 0.56 of the time. The model's own modules and weights are not changed.
+            cores) took 0.56 of the time. ``None`` (default) folds on the CPU only: each pass
+            refolds with about 300 small operations, which on a launch-bound GPU would cost more
+            kernel launches than the 49 BatchNorms it saves (not measured on a GPU yet). The
+            model's own modules and weights are never changed.
         small_map_depthwise: compute the weight gradient of depthwise convolutions on maps of at
             most 2x2 positions as two matmuls on the CPU
             (:mod:`smallmed.small_map_depthwise`), where oneDNN's took 2.4 ms for a 1,152-channel
@@ -95,7 +98,7 @@ class SmallMedClassifier(L.LightningModule):
         class_names: list[str] | None = None,
         channels_last: bool | None = None,
         fused_optimizer: bool = True,
-        fold_batchnorm: bool = True,
+        fold_batchnorm: bool | None = None,
         small_map_depthwise: bool = True,
     ) -> None:
         super().__init__()
@@ -154,7 +157,7 @@ class SmallMedClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits: ``(B, 1)`` for binary, ``(B, num_classes)`` otherwise."""
         x = self.preprocess(images)
-        if self.hparams.fold_batchnorm and not self.training and not torch.is_grad_enabled():
+        if not self.training and not torch.is_grad_enabled() and folds_batchnorm(self.hparams.fold_batchnorm, x.device.type):
             return self._batchnorm_folding()(x)
         return self.backbone(x)
 
@@ -244,6 +247,11 @@ class SmallMedClassifier(L.LightningModule):
 def prefers_channels_last(device_type: str, precision: str) -> bool:
     """The layout ``channels_last=None`` picks: NHWC on the CPU and for 16-bit GPU runs, NCHW otherwise."""
     return device_type == "cpu" or (device_type == "cuda" and precision.startswith(("16", "bf16")))
+
+
+def folds_batchnorm(setting: bool | None, device_type: str) -> bool:
+    """Whether eval passes fold BatchNorm: as set, or (``None``) on the CPU only."""
+    return device_type == "cpu" if setting is None else setting
 
 
 def fused_kernels_available(parameters: Iterable[torch.Tensor]) -> bool:

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from smallmed import schedules, tasks
-from smallmed.model import SmallMedClassifier, prefers_channels_last, tta_views
+from smallmed.model import SmallMedClassifier, folds_batchnorm, prefers_channels_last, tta_views
 
 FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
 SIZE = 32  # every family above takes 32px (test_vit is built with dynamic_img_size=True)
@@ -355,6 +355,13 @@ def test_fold_batchnorm_is_used_in_eval_passes_only_and_gives_the_unfolded_logit
         expected = torch.cat([unfolded(batch[0]) for batch in val])
     torch.testing.assert_close(torch.cat(seen.logits), expected, atol=1e-5, rtol=1e-4)
     assert [type(m) for m in model.modules()] == [type(m) for m in unfolded.modules()]
+
+
+@pytest.mark.parametrize(("setting", "device", "expected"), [
+    (None, "cpu", True), (None, "cuda", False), (True, "cuda", True), (False, "cpu", False),
+])
+def test_fold_batchnorm_default_rule(setting, device, expected):
+    assert folds_batchnorm(setting, device) is expected
 
 
 @pytest.mark.parametrize(("device", "precision", "expected"), [
