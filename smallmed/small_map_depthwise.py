@@ -17,7 +17,8 @@ oneDNN's, bit for bit; the weight gradient differs by summation order only.
 :func:`use_small_map_depthwise` switches a model's depthwise ``nn.Conv2d`` (and timm's
 ``Conv2dSame``) modules to subclasses that route such calls through :class:`SmallMapDepthwiseConv`;
 parameters, ``state_dict`` and every other call (GPU, no gradient, larger maps, autocast) are
-unchanged.
+unchanged. ``SmallMedClassifier(small_map_depthwise=True)`` turns it on; it is off by default
+(see that argument for why).
 """
 
 from __future__ import annotations

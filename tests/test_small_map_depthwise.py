@@ -89,10 +89,10 @@ def test_switching_a_timm_model_keeps_its_parameters_outputs_and_gradients(monke
     assert {type(m) for m in model.modules()} == {type(m) for m in reference.modules()}
 
 
-def test_the_model_switches_by_default_and_can_be_told_not_to():
+def test_the_model_switches_when_asked_and_not_by_default():
     from smallmed.model import SmallMedClassifier
 
-    on = SmallMedClassifier("test_efficientnet", pretrained=False)
-    off = SmallMedClassifier("test_efficientnet", pretrained=False, small_map_depthwise=False)
+    on = SmallMedClassifier("test_efficientnet", pretrained=False, small_map_depthwise=True)
+    off = SmallMedClassifier("test_efficientnet", pretrained=False)
     assert any(isinstance(m, SmallMapDepthwiseConv2d) for m in on.modules())
     assert not any(isinstance(m, SmallMapDepthwiseConv2d) for m in off.modules())
