@@ -20,14 +20,18 @@ changes (a convolution's output also used elsewhere, say) is evaluated unfolded,
 Only exact module types whose forward is known are folded: ``nn.Conv2d`` and timm's
 ``Conv2dSame`` (and their small-map depthwise subclasses), ``nn.BatchNorm2d`` and timm's
 ``BatchNormAct2d`` (its dropout and activation stay).
-BatchNorms in training mode are left unfolded, and a model with forward hooks anywhere (a feature
-grabber, Grad-CAM) runs unfolded, so that each hook fires once on the module it was put on.
+BatchNorms in training mode are left unfolded, and so is any pair with a forward hook on its
+convolution or BatchNorm, so that each hook fires on the module it was put on; hooks elsewhere (a
+head's dropout, a feature grabber) fire as usual, once per call. The first call finds the pairs on
+the batch's first two images with the model's hooks set aside.
 """
 
 from __future__ import annotations
 
 import warnings
 import weakref
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -96,7 +100,9 @@ class _Pair:
     after_norm: nn.Module
 
     def foldable_now(self) -> bool:
-        return not self.norm.training and self.norm.running_mean is not None
+        """Not a norm in training mode, and no hook on either module (it would not fire)."""
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (self.conv, self.norm))
+        return not hooked and not self.norm.training and self.norm.running_mean is not None
 
     @torch.no_grad()
     def folded_conv(self) -> _FoldedConv:
@@ -141,23 +147,20 @@ class BatchNormFolding:
         self.enabled = True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled or self._hooked():
-            return self.module(x)
-        if self.pairs is None:
-            return self._find_pairs_and_check(x)
-        return self._folded_forward(x)
-
-    def _hooked(self) -> bool:
-        """Whether anyone watches a module's forward: then the model runs as itself, so each hook
-        fires once and sees the tensors it expects (the first call also runs the model twice)."""
         if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self.module.modules())
+            return self.module(x)  # a hook on every module: nothing may be swapped out from under it
+        if self.pairs is None:
+            self._find_pairs(x[:2])
+        if not self.enabled:
+            return self.module(x)
+        return self._folded_forward(x)
 
     # ----------------------------------------------------------------- folding
     def _folded_forward(self, x: torch.Tensor) -> torch.Tensor:
         if not all(self._in_place(p.conv_name, p.conv) and self._in_place(p.norm_name, p.norm) for p in self.pairs):
-            return self._find_pairs_and_check(x)  # a module was replaced since: find the pairs again
+            self._find_pairs(x[:2])  # a module was replaced since: find the pairs again
+            if not self.enabled:
+                return self.module(x)
         swapped: list[tuple[nn.Module, str, nn.Module]] = []
         try:
             for pair in self.pairs:
@@ -183,10 +186,11 @@ class BatchNormFolding:
         return parent, attr, original
 
     # --------------------------------------------------------- finding pairs
-    def _find_pairs_and_check(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the plain forward with hooks, pair each BatchNorm fed directly by a convolution,
-        then keep the pairs only if the folded forward gives the same output on this batch; return
-        the output of the path taken from now on."""
+    def _find_pairs(self, probe: torch.Tensor) -> None:
+        """Run the plain forward on ``probe`` (the batch's first images) with hooks, pair each
+        BatchNorm fed directly by a convolution, and keep the pairs only if the folded forward gives
+        the same output. The model's own hooks are set aside meanwhile, so they fire only on the
+        real batch, once."""
         names = {id(m): n for n, m in self.module.named_modules()}
         conv_outputs: dict[int, tuple[weakref.ref, nn.Module]] = {}
         found: list[_Pair] = []
@@ -201,31 +205,43 @@ class BatchNormFolding:
                 if conv.out_channels == norm.num_features and names.get(id(conv)) and names.get(id(norm)):
                     found.append(_Pair(names[id(conv)], names[id(norm)], conv, norm, _after_norm(norm)))
 
-        handles = []
-        for module in self.module.modules():
-            if type(module) in FOLDABLE_CONVS:
-                handles.append(module.register_forward_hook(after_conv))
-            elif type(module) in FOLDABLE_NORMS:
-                handles.append(module.register_forward_pre_hook(before_norm))
-        try:
-            plain = self.module(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        used = [id(p.conv) for p in found] + [id(p.norm) for p in found]
-        self.pairs = [p for p in found if used.count(id(p.conv)) == 1 and used.count(id(p.norm)) == 1]
-        if not self.pairs:
+        with _hooks_set_aside(self.module):
+            handles = []
+            for module in self.module.modules():
+                if type(module) in FOLDABLE_CONVS:
+                    handles.append(module.register_forward_hook(after_conv))
+                elif type(module) in FOLDABLE_NORMS:
+                    handles.append(module.register_forward_pre_hook(before_norm))
+            try:
+                plain = self.module(probe)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            used = [id(p.conv) for p in found] + [id(p.norm) for p in found]
+            self.pairs = [p for p in found if used.count(id(p.conv)) == 1 and used.count(id(p.norm)) == 1]
+            if not self.pairs:
+                self.enabled = False
+                return
+            folded = self._folded_forward(probe)
+        if not _close(plain, folded, self.rtol):
+            warnings.warn(
+                f"BatchNorm folding changed the output of {type(self.module).__name__}; it is evaluated unfolded",
+                stacklevel=3,
+            )
             self.enabled = False
-            return plain
-        folded = self._folded_forward(x)
-        if _close(plain, folded, self.rtol):
-            return folded  # every pass of a run takes the same path, whichever call found the pairs
-        warnings.warn(
-            f"BatchNorm folding changed the output of {type(self.module).__name__}; it is evaluated unfolded",
-            stacklevel=2,
-        )
-        self.enabled = False
-        return plain
+
+
+@contextmanager
+def _hooks_set_aside(model: nn.Module):
+    """Every module's forward hooks removed for the block, and put back after it."""
+    saved = [(m, m._forward_hooks, m._forward_pre_hooks) for m in model.modules()]
+    try:
+        for m, _, _ in saved:
+            m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
+        yield
+    finally:
+        for m, hooks, pre_hooks in saved:
+            m._forward_hooks, m._forward_pre_hooks = hooks, pre_hooks
 
 
 def _close(a, b, rtol: float) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -129,23 +131,39 @@ def test_a_model_that_folding_would_change_is_evaluated_unfolded_with_a_warning(
         torch.testing.assert_close(folding(x), model(x))
 
 
-def test_a_hooked_model_runs_unfolded_and_each_hook_fires_once():
+def test_hooks_fire_once_per_call_and_a_hooked_pair_stays_unfolded():
     model = trained_stats(timm.create_model("test_resnet", num_classes=2))
+    reference = copy.deepcopy(model)
     folding = BatchNormFolding(model)
-    x = torch.randn(2, 3, 32, 32)
-    seen = []
+    x = torch.randn(4, 3, 32, 32)
+    head_inputs, norm_outputs = [], []
+    model.fc.register_forward_pre_hook(lambda m, args: head_inputs.append(args[0].shape))  # e.g. a head's dropout
     with torch.no_grad():
-        handle = model.fc.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
-        first = folding(x)  # would find the pairs, but not while a hook watches
-        assert folding.pairs is None and len(seen) == 1
+        first = folding(x)  # finds the pairs on a probe, with the model's hooks set aside
+        assert folding.enabled and folding.pairs and head_inputs == [torch.Size([4, model.fc.in_features])]
+        norm = model.layer1[0].bn1
+        norm.register_forward_hook(lambda m, i, o: norm_outputs.append(o.clone()))
+        second = folding(x)
+        assert len(head_inputs) == 2 and len(norm_outputs) == 1  # the hooked norm ran as itself
+        assert type(model.layer1[0].bn1) is nn.BatchNorm2d
+        plain = reference(x)
+    torch.testing.assert_close(first, plain, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(second, plain, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(first, plain)  # folded, not the plain path
+
+
+def test_a_global_hook_makes_the_model_run_unfolded():
+    model, folding, x = ready("test_resnet")
+    calls = []
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(type(m)))
+    try:
+        with torch.no_grad():
+            out = folding(x)
+    finally:
         handle.remove()
-        folding(x)
-        assert folding.pairs
-        handle = model.layer1[0].bn1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
-        torch.testing.assert_close(folding(x), model(x))  # bit for bit: the plain path
-        handle.remove()
-    assert len(seen) == 3
-    torch.testing.assert_close(first, model(x).detach())
+    assert nn.BatchNorm2d in calls
+    with torch.no_grad():
+        assert torch.equal(out, model(x))
 
 
 def test_norms_in_training_mode_are_not_folded():
