@@ -12,18 +12,18 @@ Each call folds afresh (about 300 small tensor operations for lite0, 2-3 ms): no
 sound, because torch's fused optimizer kernels and BatchNorm's running-statistic updates change
 tensors in place without bumping their version counters.
 
-Which pairs fold is found, not assumed: the first call runs the plain forward pass with hooks and
-pairs a BatchNorm with a convolution when the BatchNorm's input *is* that convolution's output
-tensor (post-norm blocks; a pre-activation DenseNet's norm-before-conv is left alone). The folded
-pass is then checked against the plain one on that same batch, and a model whose output folding
-changes (a convolution's output also used elsewhere, say) is evaluated unfolded, with a warning.
-Only exact module types whose forward is known are folded: ``nn.Conv2d`` and timm's
-``Conv2dSame`` (and their small-map depthwise subclasses), ``nn.BatchNorm2d`` and timm's
-``BatchNormAct2d`` (its dropout and activation stay).
-BatchNorms in training mode are left unfolded, and so is any pair with a forward hook on its
+Which pairs fold is found, not assumed: the first call runs the plain forward pass on the batch's
+first two images, with hooks of its own and the model's hooks set aside, and pairs a BatchNorm with
+a convolution when the BatchNorm's input *is* that convolution's output tensor (post-norm blocks; a
+pre-activation DenseNet's norm-before-conv is left alone). The folded pass is then checked against
+the plain one on those images, and a model whose output folding changes (a convolution's output
+also used elsewhere, say) is evaluated unfolded, with a warning. Only exact module types whose
+forward is known are folded: ``nn.Conv2d`` and timm's ``Conv2dSame`` (and their small-map
+depthwise subclasses), ``nn.BatchNorm2d`` and timm's ``BatchNormAct2d`` (its dropout and activation
+stay). BatchNorms in training mode are left unfolded, and so is any pair with a forward hook on its
 convolution or BatchNorm, so that each hook fires on the module it was put on; hooks elsewhere (a
-head's dropout, a feature grabber) fire as usual, once per call. The first call finds the pairs on
-the batch's first two images with the model's hooks set aside.
+head's dropout, a feature grabber) fire as usual, once per call. A global module hook makes the
+whole pass plain.
 """
 
 from __future__ import annotations
