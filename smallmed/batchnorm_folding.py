@@ -205,7 +205,9 @@ class BatchNormFolding:
                 if conv.out_channels == norm.num_features and names.get(id(conv)) and names.get(id(norm)):
                     found.append(_Pair(names[id(conv)], names[id(norm)], conv, norm, _after_norm(norm)))
 
-        with _hooks_set_aside(self.module):
+        # The check is about the graph, not precision: no autocast, and a tolerance that follows
+        # the dtype of the model's own weights (bf16-true models round at 8 bits).
+        with _hooks_set_aside(self.module), torch.autocast(probe.device.type, enabled=False):
             handles = []
             for module in self.module.modules():
                 if type(module) in FOLDABLE_CONVS:
@@ -248,8 +250,10 @@ def _close(a, b, rtol: float) -> bool:
     if isinstance(a, torch.Tensor):
         if not isinstance(b, torch.Tensor) or a.shape != b.shape:
             return False
+        if a.is_floating_point():
+            rtol = max(rtol, 16 * torch.finfo(a.dtype).eps)
         scale = a.detach().abs().max().clamp_min(1.0) if a.numel() else 1.0
-        return bool(((a - b).abs() <= rtol * scale).all())
+        return bool(((a.float() - b.float()).abs() <= rtol * scale).all())
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_close(u, v, rtol) for u, v in zip(a, b))
     return a == b

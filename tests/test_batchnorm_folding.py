@@ -191,3 +191,17 @@ def test_a_replaced_module_makes_it_find_the_pairs_again():
         model.conv_stem = new_stem
         torch.testing.assert_close(folding(x), model(x), atol=1e-5, rtol=1e-4)
     assert any(pair.conv is new_stem for pair in folding.pairs)
+
+
+@pytest.mark.parametrize("mode", ["bf16-autocast", "bf16-weights"])
+def test_low_precision_runs_fold_without_a_false_alarm(mode, recwarn):
+    model = trained_stats(timm.create_model("test_efficientnet", num_classes=2))
+    x = torch.randn(4, 3, 32, 32)
+    if mode == "bf16-weights":
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    reference = copy.deepcopy(model)
+    folding = BatchNormFolding(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16-autocast"):
+        folded, plain = folding(x), reference(x)
+    assert folding.enabled and not [w for w in recwarn if "BatchNorm folding" in str(w.message)]
+    torch.testing.assert_close(folded.float(), plain.float(), atol=0.1, rtol=0.05)
