@@ -67,9 +67,10 @@ class SmallMedClassifier(L.LightningModule):
         small_map_depthwise: compute the weight gradient of depthwise convolutions on maps of at
             most 2x2 positions as two matmuls on the CPU (:mod:`smallmed.small_map_depthwise`),
             where oneDNN's took 2.4 ms for a 1,152-channel 5x5 layer; lite0 at 64 px has four such
-            layers, and a training step took 0.93 of the time. Off by default: over 40 paired
-            seeds on BreastMNIST its runs scored 0.015 [0.004, 0.025] lower in test AUC, with
-            gradients equal to oneDNN's up to rounding; until that is understood, it is opt-in.
+            layers, and a training step took 0.93 of the time. Off by default: over 80 paired
+            seeds on BreastMNIST its runs scored 0.009 [0.003, 0.016] lower in test AUC (0.015 in
+            the first 40, 0.004 [-0.004, 0.012] in the next 40), with gradients equal to oneDNN's
+            up to rounding; until more seeds or a cause settle it, it is opt-in.
 
     Example:
         >>> model = SmallMedClassifier("test_resnet", num_classes=2, pretrained=False)
