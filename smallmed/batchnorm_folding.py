@@ -35,18 +35,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from timm.layers import BatchNormAct2d, Conv2dSame
+from timm.layers.conv2d_same import conv2d_same
 from torch import nn
-
-try:  # timm's TF-"same" convolution and fused norm + activation
-    from timm.layers import BatchNormAct2d, Conv2dSame
-    from timm.layers.conv2d_same import conv2d_same
-except ImportError:  # pragma: no cover - timm is a dependency; the folding works without it
-    BatchNormAct2d = Conv2dSame = conv2d_same = None
 
 from smallmed.small_map_depthwise import SWAPS as _SMALL_MAP_SWAPS
 
-FOLDABLE_CONVS = tuple(t for t in (nn.Conv2d, Conv2dSame, *_SMALL_MAP_SWAPS.values()) if t is not None)
-FOLDABLE_NORMS = tuple(t for t in (nn.BatchNorm2d, BatchNormAct2d) if t is not None)
+FOLDABLE_CONVS = (nn.Conv2d, Conv2dSame, *_SMALL_MAP_SWAPS.values())
+FOLDABLE_NORMS = (nn.BatchNorm2d, BatchNormAct2d)
 
 
 class _FoldedConv(nn.Module):
@@ -86,7 +82,7 @@ class _FoldedConv(nn.Module):
 
 def _after_norm(norm: nn.Module) -> nn.Module:
     """What is left of ``norm`` once its affine map moved into the convolution."""
-    if BatchNormAct2d is not None and type(norm) is BatchNormAct2d:
+    if type(norm) is BatchNormAct2d:
         return nn.Sequential(norm.drop, norm.act)
     return nn.Identity()
 

@@ -27,14 +27,10 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Conv2dSame
+from timm.layers.padding import pad_same
 from torch import nn
 from torch.autograd.function import once_differentiable
-
-try:
-    from timm.layers import Conv2dSame
-    from timm.layers.padding import pad_same
-except ImportError:  # pragma: no cover - timm is a dependency
-    Conv2dSame = pad_same = None
 
 MAX_POSITIONS = 4
 """Input maps of at most this many positions (2x2) take the matmul weight gradient."""
@@ -104,20 +100,18 @@ class SmallMapDepthwiseConv2d(nn.Conv2d):
         return super()._conv_forward(x, weight, bias)
 
 
-if Conv2dSame is not None:
+class SmallMapDepthwiseConv2dSame(Conv2dSame):
+    """timm's TF-"same" ``Conv2dSame`` (depthwise, no bias) with the small-map weight gradient."""
 
-    class SmallMapDepthwiseConv2dSame(Conv2dSame):
-        """timm's TF-"same" ``Conv2dSame`` (depthwise, no bias) with the small-map weight gradient."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None and _takes_small_map_path(x, self.weight):
+            x = pad_same(x, self.weight.shape[-2:], self.stride, self.dilation)
+            return SmallMapDepthwiseConv.apply(x, self.weight, self.stride, (0, 0), self.dilation)
+        return super().forward(x)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.bias is None and _takes_small_map_path(x, self.weight):
-                x = pad_same(x, self.weight.shape[-2:], self.stride, self.dilation)
-                return SmallMapDepthwiseConv.apply(x, self.weight, self.stride, (0, 0), self.dilation)
-            return super().forward(x)
 
-    SWAPS = {nn.Conv2d: SmallMapDepthwiseConv2d, Conv2dSame: SmallMapDepthwiseConv2dSame}
-else:  # pragma: no cover
-    SWAPS = {nn.Conv2d: SmallMapDepthwiseConv2d}
+SWAPS = {nn.Conv2d: SmallMapDepthwiseConv2d, Conv2dSame: SmallMapDepthwiseConv2dSame}
+"""Exact module type -> its small-map subclass."""
 
 
 def is_depthwise(module: nn.Module) -> bool:
