@@ -2,11 +2,12 @@
 
     python benchmarks/cpu_fast_path.py --seeds 0 1 2          # BreastMNIST, N=50, 64 px, paper recipe
 
-Times the same study cell (``vs_fastai.py``'s) six ways, in one process: with the settings the runs
+Times the same study cell (``vs_fastai.py``'s) seven ways, in one process: with the settings the runs
 in ``docs/results.md`` used (NCHW, torch's loop Adam, per-image torchvision augmentation, plain
-eval passes), then turning on ``channels_last``, the fused optimizer kernel, device-resident batched
-augmentation and BatchNorm folding in eval passes one after the other (that row is today's
-defaults), and last the opt-in small-map depthwise weight gradient. The order alternates from seed to seed. Prints
+eval passes, in-place activations), then turning on ``channels_last``, the fused optimizer kernel,
+device-resident batched augmentation, BatchNorm folding in eval passes and copy-free activations one
+after the other (that row is today's defaults), and last the opt-in small-map depthwise weight
+gradient. The order alternates from seed to seed. Prints
 each run's wall time and test AUC, then per row the median wall time, the mean test AUC and the
 ratio to the first row. The AUC moves from row to row (other rounding and another augmentation
 stream); whether it moves on average is a question for many seeds (``compare_recipes.py``).
@@ -29,15 +30,17 @@ FLAGS = {
     "fused": ["--model.init_args.fused_optimizer", "false"],
     "batched": ["--data.init_args.device_resident", "false"],
     "folding": ["--model.init_args.fold_batchnorm", "false"],
+    "copy_free": ["--model.init_args.copy_free_activations", "false"],
     "small_map": ["--model.init_args.small_map_depthwise", "true"],
 }
-EARLIER = ["channels_last", "fused", "batched", "folding"]
+EARLIER = ["channels_last", "fused", "batched", "folding", "copy_free"]
 ROWS = {  # the flags each row passes: the earlier settings, then one default after another
     "earlier settings (NCHW, loop Adam, per image)": EARLIER,
     "+ channels_last": EARLIER[1:],
     "+ fused Adam": EARLIER[2:],
     "+ batched augmentation": EARLIER[3:],
-    "+ BatchNorm folded for eval (the defaults)": [],
+    "+ BatchNorm folded for eval": EARLIER[4:],
+    "+ copy-free activations (the defaults)": [],
     "+ small-map depthwise gradient (opt-in)": ["small_map"],
 }
 

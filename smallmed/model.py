@@ -15,6 +15,7 @@ from smallmed.backbone import create_backbone, normalization_stats
 from smallmed.batchnorm_folding import BatchNormFolding
 from smallmed.callbacks.layer_groups import LayerGroups, timm_layer_groups
 from smallmed.schedules import SCHEDULES, Schedule, build_scheduler
+from smallmed.copy_free_activations import use_copy_free_activations
 from smallmed.small_map_depthwise import use_small_map_depthwise
 from smallmed.weights import load_pretrained
 
@@ -67,10 +68,16 @@ class SmallMedClassifier(L.LightningModule):
         small_map_depthwise: compute the weight gradient of depthwise convolutions on maps of at
             most 2x2 positions as two matmuls on the CPU (:mod:`smallmed.small_map_depthwise`),
             where oneDNN's took 2.4 ms for a 1,152-channel 5x5 layer; lite0 at 64 px has four such
-            layers, and a training step took 0.93 of the time. Off by default: over 80 paired
-            seeds on BreastMNIST its runs scored 0.009 [0.003, 0.016] lower in test AUC (0.015 in
-            the first 40, 0.004 [-0.004, 0.012] in the next 40), with gradients equal to oneDNN's
-            up to rounding; until more seeds or a cause settle it, it is opt-in.
+            layers, and a training step took 0.93 of the time. Off by default: over 160 paired
+            BreastMNIST seeds its runs scored 0.005 [0.000, 0.009] lower in test AUC, with gradients
+            equal to oneDNN's up to rounding. The first 40 seeds gave -0.015, the 120 after them
+            -0.001 [-0.006, +0.003]; the rule set before the last 80 (the pooled interval must
+            include zero) missed by 0.0004, so it stays opt-in.
+        copy_free_activations: run the backbone's in-place ReLU6 / SiLU / Hardswish / Hardsigmoid /
+            Mish out of place while autograd records them (:mod:`smallmed.copy_free_activations`):
+            torch clones the input of those in-place activations for their backward pass, so in
+            place they cost a full extra copy each in every training step and save no memory. The
+            results are the same bit for bit; ``false`` keeps timm's modules as built.
 
     Example:
         >>> model = SmallMedClassifier("test_resnet", num_classes=2, pretrained=False)
@@ -103,6 +110,7 @@ class SmallMedClassifier(L.LightningModule):
         fused_optimizer: bool = True,
         fold_batchnorm: bool | None = None,
         small_map_depthwise: bool = False,
+        copy_free_activations: bool = True,
     ) -> None:
         super().__init__()
         tasks.check_task(task, num_classes)
@@ -121,6 +129,7 @@ class SmallMedClassifier(L.LightningModule):
         self.backbone = create_backbone(backbone, tasks.num_outputs(task, num_classes), in_chans, drop_rate)
         self.weights_source = load_pretrained(self.backbone, backbone, pretrained)
         use_small_map_depthwise(self.backbone, small_map_depthwise)
+        use_copy_free_activations(self.backbone, copy_free_activations)
         self.channels_last = False
         if channels_last:
             self.use_channels_last(True)
