@@ -24,6 +24,8 @@ have none).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,34 +36,41 @@ def _in_place(module: nn.Module, x: torch.Tensor) -> bool:
     return module.inplace and not (torch.is_grad_enabled() and x.requires_grad)
 
 
-class CopyFreeHardtanh(nn.Hardtanh):
+def _hardtanh(module: nn.Hardtanh, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    return F.hardtanh(x, module.min_val, module.max_val, inplace)
+
+
+class _CopyFree:
+    """The shared forward: the activation's functional form, in place only when nothing records."""
+
+    function: Callable[[nn.Module, torch.Tensor, bool], torch.Tensor]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.hardtanh(x, self.min_val, self.max_val, _in_place(self, x))
+        return type(self).function(self, x, _in_place(self, x))
 
 
-class CopyFreeReLU6(nn.ReLU6):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.hardtanh(x, self.min_val, self.max_val, _in_place(self, x))
+class CopyFreeHardtanh(_CopyFree, nn.Hardtanh):
+    function = staticmethod(_hardtanh)
 
 
-class CopyFreeSiLU(nn.SiLU):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(x, _in_place(self, x))
+class CopyFreeReLU6(_CopyFree, nn.ReLU6):
+    function = staticmethod(_hardtanh)
 
 
-class CopyFreeHardswish(nn.Hardswish):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.hardswish(x, _in_place(self, x))
+class CopyFreeSiLU(_CopyFree, nn.SiLU):
+    function = staticmethod(lambda module, x, inplace: F.silu(x, inplace))
 
 
-class CopyFreeHardsigmoid(nn.Hardsigmoid):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.hardsigmoid(x, _in_place(self, x))
+class CopyFreeHardswish(_CopyFree, nn.Hardswish):
+    function = staticmethod(lambda module, x, inplace: F.hardswish(x, inplace))
 
 
-class CopyFreeMish(nn.Mish):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.mish(x, _in_place(self, x))
+class CopyFreeHardsigmoid(_CopyFree, nn.Hardsigmoid):
+    function = staticmethod(lambda module, x, inplace: F.hardsigmoid(x, inplace))
+
+
+class CopyFreeMish(_CopyFree, nn.Mish):
+    function = staticmethod(lambda module, x, inplace: F.mish(x, inplace))
 
 
 SWAPS: dict[type[nn.Module], type[nn.Module]] = {
