@@ -4,7 +4,8 @@ timm builds its activations in place (``nn.ReLU6(inplace=True)`` in tf_efficient
 ``nn.SiLU`` in the EfficientNets, ``nn.Hardswish`` in MobileNetV3) to save memory. But torch's
 autograd formulas for ``hardtanh_`` (ReLU6), ``silu_``, ``hardswish_``, ``hardsigmoid_`` and
 ``mish_`` need the activation's *input*, so while autograd records, each in-place call first clones
-its input and then overwrites the original (pytorch/pytorch#95432, open since torch 1.10): a full
+its input and then overwrites the original (for ``hardtanh_`` a regression since torch 1.10,
+pytorch/pytorch#95432, still open; the other four were checked here the same way): a full
 extra copy of every such activation map in every training step, and no memory saved, since the
 clone is kept for the backward pass. Run out of place instead, the same values come out bit for bit
 with one pass over memory fewer. In a tf_efficientnet_lite0 training step (64 px, batch 16) the

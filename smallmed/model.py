@@ -14,8 +14,8 @@ from smallmed import tasks
 from smallmed.backbone import create_backbone, normalization_stats
 from smallmed.batchnorm_folding import BatchNormFolding
 from smallmed.callbacks.layer_groups import LayerGroups, timm_layer_groups
-from smallmed.schedules import SCHEDULES, Schedule, build_scheduler
 from smallmed.copy_free_activations import use_copy_free_activations
+from smallmed.schedules import SCHEDULES, Schedule, build_scheduler
 from smallmed.small_map_depthwise import use_small_map_depthwise
 from smallmed.weights import load_pretrained
 
