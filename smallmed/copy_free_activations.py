@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smallmed.class_swaps import swap_classes
+
 
 def _in_place(module: nn.Module, x: torch.Tensor) -> bool:
     """In place unless autograd records this call (then in place would mean a clone first)."""
@@ -90,11 +92,4 @@ def use_copy_free_activations(model: nn.Module, enabled: bool = True) -> int:
     subclasses (``enabled=False``: back); returns how many were switched. Only exact types are
     switched, so a subclass with a forward of its own is never bypassed, and only modules built
     with ``inplace=True``: an out-of-place one has nothing to save."""
-    swaps = SWAPS if enabled else {new: old for old, new in SWAPS.items()}
-    count = 0
-    for module in model.modules():
-        new_class = swaps.get(type(module))
-        if new_class is not None and module.inplace:
-            module.__class__ = new_class
-            count += 1
-    return count
+    return swap_classes(model, SWAPS, enabled, lambda module: module.inplace)

@@ -32,6 +32,8 @@ from timm.layers.padding import pad_same
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from smallmed.class_swaps import swap_classes
+
 MAX_POSITIONS = 4
 """Input maps of at most this many positions (2x2) take the matmul weight gradient."""
 
@@ -122,11 +124,4 @@ def use_small_map_depthwise(model: nn.Module, enabled: bool = True) -> int:
     """Switch the depthwise convolutions of ``model`` to (or, ``enabled=False``, back from) the
     small-map subclasses; returns how many were switched. Only exact ``nn.Conv2d`` / ``Conv2dSame``
     modules are switched, so a subclass with a forward of its own is never bypassed."""
-    swaps = SWAPS if enabled else {new: old for old, new in SWAPS.items()}
-    count = 0
-    for module in model.modules():
-        new_class = swaps.get(type(module))
-        if new_class is not None and is_depthwise(module):
-            module.__class__ = new_class
-            count += 1
-    return count
+    return swap_classes(model, SWAPS, enabled, is_depthwise)
