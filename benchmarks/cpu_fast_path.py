@@ -19,11 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vs_fastai import alternate, print_medians, smallmed_run, task_arguments  # noqa: E402
+from vs_fastai import alternate, host, print_medians, smallmed_run, task_arguments  # noqa: E402
 
 FLAGS = {
     "channels_last": ["--model.init_args.channels_last", "false"],
@@ -53,7 +51,7 @@ def main() -> None:
 
         runs = alternate(args.seeds, list(ROWS), run_one)
     print_medians(runs, next(iter(ROWS)), "ratio", f"{Path(args.data).stem}, N={args.train_size}, study cell, "
-                  f"CPU {torch.get_num_threads()} threads, {len(args.seeds)} seeds:")
+                  f"{len(args.seeds)} seeds; {host()}:")
 
 
 if __name__ == "__main__":

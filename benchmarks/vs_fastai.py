@@ -9,13 +9,16 @@ ImageNet weights, image size, batch and epochs), smallmed's paper recipe as a ``
 (checkpoints and report pictures written), and the same run as a study cell (best weights kept in
 memory, no pictures). smallmed's time is the whole run: config parsing, data set-up, model
 creation, training, validation and the test; fastai's starts at its DataLoaders. Prints each run's
-wall time and test AUC, the medians, and the ratios smallmed / fastai (0.5 = twice as fast).
+wall time and test AUC, the medians, the ratios smallmed / fastai (0.5 = twice as fast) of the
+medians and of each seed's pair of runs, and the CPU they were measured on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -73,14 +76,34 @@ def alternate(
 
 
 def print_medians(runs: dict[str, list[dict[str, float]]], baseline: str, ratio_label: str, header: str) -> None:
-    """Per variant: the median wall time, the mean test AUC and the ratio of medians to ``baseline``."""
+    """Per variant: the median wall time, the mean test AUC, the ratio of medians to ``baseline``, and
+    the per-seed ratios (each run against the baseline's run of the same seed, which ran next to it).
+
+    The per-seed ratios are the steadier figure on a noisy host: a pair runs within seconds, so a host
+    that slows down for a minute moves both sides of it, while it can move one side's median alone.
+    """
     print(f"\n{header}")
     base = statistics.median(r["wall_s"] for r in runs[baseline])
     width = max(len(name) for name in runs)
     for name, results in runs.items():
         wall = statistics.median(r["wall_s"] for r in results)
         auc = statistics.mean(r["test_auroc"] for r in results)
-        print(f"  {name:<{width}} median {wall:6.1f} s   mean test AUC {auc:.3f}   {ratio_label} {wall / base:.2f}")
+        line = f"  {name:<{width}} median {wall:6.1f} s   mean test AUC {auc:.3f}   {ratio_label} {wall / base:.2f}"
+        if name != baseline:
+            paired = sorted(r["wall_s"] / b["wall_s"] for r, b in zip(results, runs[baseline]))
+            line += f"   per seed {statistics.median(paired):.2f} ({paired[0]:.2f} to {paired[-1]:.2f})"
+        print(line)
+
+
+def host() -> str:
+    """The CPU's model name, its core count and torch's thread count: ratios differ between CPUs, so
+    every printed table names the one it was measured on."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        name = models[0] if models else name
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -94,7 +117,7 @@ def main() -> None:
 
         runs = alternate(args.seeds, names, run_one)
     print_medians(runs, names[0], "ratio to fastai",
-                  f"{Path(args.data).stem}, N={args.train_size}, CPU {torch.get_num_threads()} threads, {len(args.seeds)} seeds:")
+                  f"{Path(args.data).stem}, N={args.train_size}, {len(args.seeds)} seeds; {host()}:")
 
 
 if __name__ == "__main__":

@@ -42,3 +42,21 @@ def test_results_tables_wide_pivots_recipes_by_n_with_paired_differences_to_fast
     assert "| recipe (source) | N=50 | N=100 |" in out
     assert "| paper (imagenet) | 0.710 [" in out and "0.810 [" in out
     assert "+0.090 [" in out  # paper - fastai at N=50: (0.70+0.71+0.72)/3 - (0.60+0.62+0.64)/3
+
+
+def test_print_medians_gives_median_ratios_and_per_seed_paired_ratios(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from vs_fastai import host, print_medians
+
+    runs = {
+        "peer": [{"wall_s": 10.0, "test_auroc": 0.6}, {"wall_s": 20.0, "test_auroc": 0.7}, {"wall_s": 12.0, "test_auroc": 0.8}],
+        "ours": [{"wall_s": 4.0, "test_auroc": 0.7}, {"wall_s": 12.0, "test_auroc": 0.8}, {"wall_s": 6.0, "test_auroc": 0.9}],
+    }
+    print_medians(runs, "peer", "ratio", f"toy; {host()}:")
+    out = capsys.readouterr().out
+    assert "toy; " in out and "cores, torch " in out
+    peer_line, ours_line = (line for line in out.splitlines() if line.strip().startswith(("peer", "ours")))
+    assert "median   12.0 s" in peer_line and "ratio 1.00" in peer_line and "per seed" not in peer_line
+    # medians 6 / 12 = 0.50; per seed 0.40, 0.60, 0.50 -> median 0.50, range 0.40 to 0.60
+    assert "median    6.0 s" in ours_line and "mean test AUC 0.800" in ours_line and "ratio 0.50" in ours_line
+    assert "per seed 0.50 (0.40 to 0.60)" in ours_line
