@@ -28,6 +28,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from vs_fastai import host  # noqa: E402
 
 from smallmed.study import StudyConfig, run_study  # noqa: E402
 
@@ -38,6 +41,17 @@ METHODS = {
 }
 
 
+def study_overrides(args: argparse.Namespace) -> list[str]:
+    """The cells' settings: epochs, precision, the loss read back every 50 steps; the memory layout
+    only when ``--channels-last`` / ``--no-channels-last`` asks, so that by default each device
+    gets the model's own choice, as ``train.py study`` gives it."""
+    overrides = ["--trainer.max_epochs", str(args.epochs), "--trainer.log_every_n_steps", "50",
+                 "--trainer.enable_model_summary", "false", "--trainer.precision", args.precision]
+    if args.channels_last is not None:
+        overrides += ["--model.init_args.channels_last", str(args.channels_last).lower()]
+    return overrides
+
+
 def run(args: argparse.Namespace, workers: int, out_dir: Path) -> dict:
     config = StudyConfig(
         targets={"target": args.data},
@@ -45,9 +59,7 @@ def run(args: argparse.Namespace, workers: int, out_dir: Path) -> dict:
         methods={m: str(REPO / METHODS[m]) for m in args.methods},
         sources={"imagenet": args.weights, "none": False},
         seeds=args.seeds,
-        overrides=["--trainer.max_epochs", str(args.epochs), "--trainer.log_every_n_steps", "50",
-                   "--trainer.enable_model_summary", "false", "--trainer.precision", args.precision,
-                   "--model.init_args.channels_last", str(args.channels_last).lower()],
+        overrides=study_overrides(args),
         out_dir=str(out_dir),
         workers=workers,
     )
@@ -76,7 +88,7 @@ def report(result: dict, grid: int) -> None:
         print(f"   {method:<18} {source:<9} N={size:<4} test AUC {statistics.mean(aucs):.3f} ({len(aucs)} runs)")
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/kermany_target_B_bacterial_vs_viral_64.npz")
     parser.add_argument("--weights", default="weights/tf_efficientnet_lite0.safetensors")
@@ -86,14 +98,20 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="force the memory layout; by default the model picks it (NHWC on the CPU and for 16-bit GPU runs)")
     parser.add_argument("--grid", type=int, default=720, help="grid size to project the wall time for")
     parser.add_argument("--keep", default=None, help="folder to keep the runs' results in (default: a temporary one)")
-    args = parser.parse_args()
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else host()
+    layout = {None: "the model's layout", True: "channels_last", False: "NCHW"}[args.channels_last]
     cells = args.seeds * len(args.sizes) * len(args.methods) * 2
     print(f"study speed on {card}: {cells} cells per worker count ({args.epochs} epochs, sizes {args.sizes}, "
-          f"methods {args.methods}, {args.precision}{', channels_last' if args.channels_last else ''})", flush=True)
+          f"methods {args.methods}, {args.precision}, {layout})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
         results = [run(args, w, root / f"workers{w}") for w in args.workers]

@@ -60,3 +60,14 @@ def test_print_medians_gives_median_ratios_and_per_seed_paired_ratios(capsys, mo
     # medians 6 / 12 = 0.50; per seed 0.40, 0.60, 0.50 -> median 0.50, range 0.40 to 0.60
     assert "median    6.0 s" in ours_line and "mean test AUC 0.800" in ours_line and "ratio 0.50" in ours_line
     assert "per seed 0.50 (0.40 to 0.60)" in ours_line
+
+
+def test_study_speed_leaves_the_memory_layout_to_the_model_unless_asked(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from study_speed import arguments, study_overrides
+
+    assert "--model.init_args.channels_last" not in study_overrides(arguments().parse_args([]))
+    forced = study_overrides(arguments().parse_args(["--no-channels-last"]))
+    assert forced[forced.index("--model.init_args.channels_last") + 1] == "false"
+    forced = study_overrides(arguments().parse_args(["--channels-last"]))
+    assert forced[forced.index("--model.init_args.channels_last") + 1] == "true"
