@@ -96,14 +96,15 @@ def print_medians(runs: dict[str, list[dict[str, float]]], baseline: str, ratio_
 
 
 def host() -> str:
-    """The CPU's model name, its core count and torch's thread count: ratios differ between CPUs, so
-    every printed table names the one it was measured on."""
+    """The GPU if there is one, the CPU's model name, its core count and torch's thread count: ratios
+    differ between machines, so every printed table names the one it was measured on."""
     name = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
         name = models[0] if models else name
-    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads"
+    gpu = f"{torch.cuda.get_device_name()}, host CPU " if torch.cuda.is_available() else ""
+    return f"{gpu}{name}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads"
 
 
 def main() -> None:
