@@ -24,8 +24,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -107,10 +105,9 @@ def arguments() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = arguments().parse_args()
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else host()
     layout = {None: "the model's layout", True: "channels_last", False: "NCHW"}[args.channels_last]
     cells = args.seeds * len(args.sizes) * len(args.methods) * 2
-    print(f"study speed on {card}: {cells} cells per worker count ({args.epochs} epochs, sizes {args.sizes}, "
+    print(f"study speed on {host()}: {cells} cells per worker count ({args.epochs} epochs, sizes {args.sizes}, "
           f"methods {args.methods}, {args.precision}, {layout})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)

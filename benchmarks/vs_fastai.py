@@ -10,7 +10,7 @@ ImageNet weights, image size, batch and epochs), smallmed's paper recipe as a ``
 memory, no pictures). smallmed's time is the whole run: config parsing, data set-up, model
 creation, training, validation and the test; fastai's starts at its DataLoaders. Prints each run's
 wall time and test AUC, the medians, the ratios smallmed / fastai (0.5 = twice as fast) of the
-medians and of each seed's pair of runs, and the CPU they were measured on.
+medians and of each seed's pair of runs, and the machine they were measured on.
 """
 
 from __future__ import annotations
