@@ -68,7 +68,8 @@ class SmallMedClassifier(L.LightningModule):
         small_map_depthwise: compute the weight gradient of depthwise convolutions on maps of at
             most 2x2 positions as two matmuls on the CPU (:mod:`smallmed.small_map_depthwise`),
             where oneDNN's took 2.4 ms for a 1,152-channel 5x5 layer; lite0 at 64 px has four such
-            layers, and a training step took 0.93 of the time. Off by default: over 160 paired
+            layers, and a training step took 0.93 of the time on an Intel Xeon, 0.85 on an AMD
+            EPYC. Off by default: over 160 paired
             BreastMNIST seeds its runs scored 0.005 [0.0004, 0.009] lower in test AUC, with gradients
             equal to oneDNN's up to rounding. The first 40 seeds gave -0.015, the 120 after them
             -0.001 [-0.006, +0.003]; the rule set before the last 80 (the pooled interval must
