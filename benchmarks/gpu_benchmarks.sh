@@ -5,7 +5,8 @@
 #    channels_last; lite0 at 64 px, batch 16, the study's own setting);
 # 2. the study runner: a 50/100/200-image, 30-epoch grid sample with 1 worker, then 8 workers
 #    (WORKERS="4 8 12" sweeps the count instead);
-# 3. smallmed against fastai's fine_tune on the 50-image BreastMNIST task, where fastai is installed
+# 3. several seeds' steps batched into one with torch.func, against one model at a time (lite0, 64 px);
+# 4. smallmed against fastai's fine_tune on the 50-image BreastMNIST task, where fastai is installed
 #    (pip install -e '.[peer]'; about 2 more minutes).
 set -u
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
@@ -27,6 +28,7 @@ timeout 120 python3 benchmarks/study_speed.py --data "$DATA/kermany_target_B_bac
   2>&1 | quiet | tee "$OUT_DIR/study_1worker.txt"
 timeout $((200 * $(wc -w <<<"$WORKERS"))) python3 benchmarks/study_speed.py --data "$DATA/kermany_target_B_bacterial_vs_viral_64.npz" \
   --workers $WORKERS --seeds "$SEEDS" 2>&1 | quiet | tee "$OUT_DIR/study_workers.txt"
+timeout 120 python3 benchmarks/seed_batching.py --seeds 2 4 8 2>&1 | quiet | tee "$OUT_DIR/seed_batching.txt"
 if python3 -c "import fastai" 2>/dev/null; then
   timeout 300 python3 benchmarks/vs_fastai.py --data "$DATA/breastmnist_28.npz" --seeds 0 1 2 3 4 2>&1 | quiet \
     | tee "$OUT_DIR/vs_fastai.txt"

@@ -71,3 +71,14 @@ def test_study_speed_leaves_the_memory_layout_to_the_model_unless_asked(monkeypa
     assert forced[forced.index("--model.init_args.channels_last") + 1] == "false"
     forced = study_overrides(arguments().parse_args(["--channels-last"]))
     assert forced[forced.index("--model.init_args.channels_last") + 1] == "true"
+
+
+def test_seed_batching_gives_each_model_its_own_gradients_and_prints_both_timings():
+    out = run("benchmarks/seed_batching.py", "--model", "test_efficientnet", "--size", "32", "--batch", "4",
+              "--seeds", "2", "--rounds", "2")
+    line = next(line for line in out.splitlines() if line.startswith("K=2:"))
+    assert "sequential" in line and "batched" in line
+    assert float(line.split("ratio batched / sequential")[1].split()[0].rstrip(";")) > 0
+    batched_error = float(line.split("batched ")[-1].split(",")[0])
+    single_error = float(line.split("one model ")[1])
+    assert batched_error < 1e-4 and single_error < 1e-4
