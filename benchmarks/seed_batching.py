@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
+from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, stack_module_state, vmap
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vs_fastai import host  # noqa: E402
 
 
 def one_round(models: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer], xs: torch.Tensor, ys: torch.Tensor) -> None:
@@ -51,12 +57,11 @@ class BatchedSeeds:
     def _loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(self.base, (params, buffers), (x,)), y)
 
-    def step(self, xs: torch.Tensor, ys: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
         gradients = self.gradients(self.params, self.buffers, xs, ys)
         for name, p in self.params.items():
             p.grad = gradients[name]
         self.optimizer.step()
-        return gradients
 
 
 def gradient_errors(models: list[torch.nn.Module], xs: torch.Tensor, ys: torch.Tensor) -> tuple[float, float]:
@@ -107,8 +112,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model}, {args.size} px, batch {args.batch} per model, fp32, NCHW, fused Adam, on {where}")
+    print(f"{args.model}, {args.size} px, batch {args.batch} per model, fp32, NCHW, fused Adam; {host()}")
     for k in args.seeds:
         torch.manual_seed(0)
         models = [timm.create_model(args.model, num_classes=2).to(device) for _ in range(k)]
