@@ -82,3 +82,11 @@ def test_seed_batching_gives_each_model_its_own_gradients_and_prints_both_timing
     batched_error = float(line.split("batched ")[-1].split(",")[0])
     single_error = float(line.split("one model ")[1])
     assert batched_error < 1e-4 and single_error < 1e-4
+
+
+def test_checkpoint_write_times_both_plugins_and_leaves_no_file(tmp_path):
+    out = run("benchmarks/checkpoint_write.py", "--model", "test_efficientnet", "--saves", "3", "--rounds", "2",
+              "--dir", str(tmp_path))
+    assert out.count("== round") == 4
+    assert float(out.split("smallmed / lightning:")[1].split()[0]) > 0
+    assert list(tmp_path.iterdir()) == []  # every checkpoint removed, the temporary folder too

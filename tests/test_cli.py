@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smallmed.cli import fit_and_test, main
+from smallmed.checkpoint_io import DirectFileCheckpointIO
+from smallmed.cli import build_cli, fit_and_test, main
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "paper_recipe.yaml"
@@ -84,6 +85,7 @@ def test_print_config_resolves_the_demo(capsys):
     assert config["trainer"]["max_epochs"] == 20
     assert config["checkpoint"]["monitor"] == "val/auroc"
     assert config["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
+    assert config["trainer"]["plugins"] == [{"class_path": "smallmed.checkpoint_io.DirectFileCheckpointIO"}]
 
 
 def test_print_config_applies_flags(capsys):
@@ -135,6 +137,15 @@ def test_fit_and_test_tiny_run(tmp_path, make_npz, capsys):
     assert any(r.get("lr-Adam") for r in rows)  # LearningRateMonitor is on
     checkpoints = list((run_dir / "checkpoints").glob("best-epoch*.ckpt"))
     assert len(checkpoints) == 1
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [checkpoints[0].name]  # no partial files
+
+
+def test_trainer_writes_checkpoints_with_direct_file_io(tmp_path, make_npz):
+    data = make_npz(train=(4, 4), val=(2, 2), test=(2, 2))
+    trainer = build_cli(tiny_run_args(tmp_path, data), run=False).trainer
+    assert isinstance(trainer.strategy.checkpoint_io, DirectFileCheckpointIO)
+    trainer = build_cli(tiny_run_args(tmp_path, data, "--trainer.plugins=null"), run=False).trainer
+    assert type(trainer.strategy.checkpoint_io).__name__ == "TorchCheckpointIO"  # a config can go back to Lightning's
 
 
 def test_subcommand_fit(tmp_path, make_npz):
