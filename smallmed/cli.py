@@ -9,6 +9,10 @@ The usual subcommands (``fit``, ``validate``, ``test``, ``predict``) work as in 
 Every run also gets :class:`~smallmed.report.RunReport` (``--report.*``: the pictures beside the log
 and in W&B), and ``predict --predictions.images DIR`` predicts a folder of new images into a CSV
 (:class:`~smallmed.prediction.PredictionWriter`).
+
+Checkpoints are written by :class:`~smallmed.checkpoint_io.DirectFileCheckpointIO` (the default
+``trainer.plugins``; a config that sets its own ``plugins`` list replaces it, and ``null`` goes back
+to Lightning's writer).
 """
 
 from __future__ import annotations
