@@ -90,3 +90,14 @@ def test_checkpoint_write_times_both_plugins_and_leaves_no_file(tmp_path):
     assert out.count("== round") == 4
     assert float(out.split("smallmed / lightning:")[1].split()[0]) > 0
     assert list(tmp_path.iterdir()) == []  # every checkpoint removed, the temporary folder too
+
+
+def test_study_speed_runs_one_and_two_workers_on_real_data(tmp_path, breastmnist, lite0_weights):
+    out = run("benchmarks/study_speed.py", "--data", str(breastmnist), "--weights", str(lite0_weights),
+              "--workers", "1", "2", "--seeds", "1", "--sizes", "50", "--methods", "paper", "--epochs", "1",
+              "--keep", str(tmp_path))
+    for workers in (1, 2):
+        line = next(line for line in out.splitlines() if line.startswith(f"== {workers} worker(s):"))
+        assert "2 cells ok (0 failed)" in line and "the 720-run grid would take" in line
+    assert out.count("paper              imagenet  N=50   test AUC") == 2
+    assert (tmp_path / "workers2" / "results.csv").is_file()
