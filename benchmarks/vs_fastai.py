@@ -58,6 +58,7 @@ def task_arguments(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--weights", default="weights/tf_efficientnet_lite0.safetensors")
     parser.add_argument("--train-size", type=int, default=50)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20, help="both sides' epochs (20: the paper recipe's; fewer for a smoke run)")
     return parser
 
 
@@ -109,12 +110,13 @@ def host() -> str:
 
 def main() -> None:
     args = task_arguments(__doc__).parse_args()
-    names = ["fastai fine_tune(20)", "smallmed train.py run", "smallmed study cell"]
+    names = [f"fastai fine_tune({args.epochs})", "smallmed train.py run", "smallmed study cell"]
+    epochs = ["--trainer.max_epochs", str(args.epochs)]
     with tempfile.TemporaryDirectory() as log_dir:
         def run_one(name: str, seed: int) -> dict[str, float]:
             if name.startswith("fastai"):
-                return fastai_fine_tune(args.data, seed, args.train_size, args.weights)
-            return smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, name.endswith("cell"))
+                return fastai_fine_tune(args.data, seed, args.train_size, args.weights, epochs=args.epochs)
+            return smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, name.endswith("cell"), epochs)
 
         runs = alternate(args.seeds, names, run_one)
     print_medians(runs, names[0], "ratio to fastai",

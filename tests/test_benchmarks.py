@@ -1,4 +1,4 @@
-"""The benchmark scripts run and print their figures (on tiny models; the figures themselves are not asserted)."""
+"""The benchmark scripts run and print their figures (tiny models, or one epoch of the real task; the figures themselves are not asserted)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import csv
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,3 +103,19 @@ def test_study_speed_runs_one_and_two_workers_on_real_data(tmp_path, breastmnist
         assert "2 cells ok (0 failed)" in line and "the 720-run grid would take" in line
     assert out.count("paper              imagenet  N=50   test AUC") == 2
     assert (tmp_path / "workers2" / "results.csv").is_file()
+
+
+def test_vs_fastai_times_all_three_runs_of_a_seed_and_their_ratios(breastmnist, lite0_weights):
+    pytest.importorskip("fastai", reason="the peer is an extra: pip install -e '.[peer]'")
+    out = run("benchmarks/vs_fastai.py", "--data", str(breastmnist), "--weights", str(lite0_weights),
+              "--seeds", "0", "--epochs", "1")
+    for name in ("fastai fine_tune(1)", "smallmed train.py run", "smallmed study cell"):
+        assert f"== seed 0 {name}:" in out, name
+    cell = next(line for line in out.splitlines() if line.strip().startswith("smallmed study cell") and "median" in line)
+    assert float(cell.split("ratio to fastai")[1].split()[0]) > 0
+
+
+def test_cpu_fast_path_runs_every_row(breastmnist, lite0_weights):
+    out = run("benchmarks/cpu_fast_path.py", "--data", str(breastmnist), "--weights", str(lite0_weights),
+              "--seeds", "0", "--epochs", "1")
+    assert out.count("== seed 0 ") == 7
