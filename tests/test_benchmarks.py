@@ -119,3 +119,21 @@ def test_cpu_fast_path_runs_every_row(breastmnist, lite0_weights):
     out = run("benchmarks/cpu_fast_path.py", "--data", str(breastmnist), "--weights", str(lite0_weights),
               "--seeds", "0", "--epochs", "1")
     assert out.count("== seed 0 ") == 7
+
+
+def test_gpu_benchmarks_script_parses_and_passes_only_known_flags():
+    """The GPU set runs on a lent machine with minutes to spare: a typo there costs a run, so check here
+    that the script parses and that each benchmark it calls accepts every flag it is given."""
+    script = REPO / "benchmarks" / "gpu_benchmarks.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text().replace("\\\n", " ")
+    calls = [line.split("python3 ", 1)[1] for line in text.splitlines() if "python3 benchmarks/" in line]
+    assert len(calls) >= 5
+    calls = [call.split("|")[0].split() for call in calls]
+    names = sorted({name for name, *_ in calls})
+    helps = {name: subprocess.Popen([sys.executable, name, "--help"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+             for name in names}  # side by side: each start imports torch, timm and Lightning
+    helps = {name: process.communicate(timeout=300)[0] for name, process in helps.items()}
+    for name, *words in calls:
+        for flag in (w for w in words if w.startswith("--")):
+            assert flag in helps[name], f"{name} does not take {flag}"
