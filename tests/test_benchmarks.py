@@ -134,6 +134,7 @@ def test_gpu_benchmarks_script_parses_and_passes_only_known_flags():
     helps = {name: subprocess.Popen([sys.executable, name, "--help"], cwd=REPO, stdout=subprocess.PIPE, text=True)
              for name in names}  # side by side: each start imports torch, timm and Lightning
     helps = {name: process.communicate(timeout=300)[0] for name, process in helps.items()}
+    assert all("usage:" in text for text in helps.values()), helps  # each script imports and parses
     for name, *words in calls:
         for flag in (w for w in words if w.startswith("--")):
             assert flag in helps[name], f"{name} does not take {flag}"
