@@ -22,7 +22,6 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.types import _PATH
 from typing_extensions import override
 
 
@@ -38,7 +37,9 @@ class DirectFileCheckpointIO(TorchCheckpointIO):
     """
 
     @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
         fs, local_path = fsspec.core.url_to_fs(str(path))
         if storage_options is not None or not isinstance(fs, LocalFileSystem):
             # Lightning's own error for storage_options, and its fsspec path for remote stores.
