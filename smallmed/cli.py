@@ -58,6 +58,14 @@ class SmallMedCLI(LightningCLI):
         # python train.py predict ... --predictions.images new_images/ [--predictions.out x.csv] [--predictions.heatmaps true]
         parser.add_lightning_class_args(PredictionWriter, "predictions")
 
+    def instantiate_trainer(self, **kwargs):
+        """The trainer, without the LR monitor when logging is off (``--trainer.logger false``):
+        Lightning's ``LearningRateMonitor`` refuses to start without a logger, and has nothing to do."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:
+            trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
+        return trainer
+
     def before_predict(self) -> None:
         """With ``--predictions.images``, predict on that folder, sized like the configured data module (never loaded)."""
         writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter)), None)

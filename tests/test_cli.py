@@ -148,6 +148,14 @@ def test_trainer_writes_checkpoints_with_direct_file_io(tmp_path, make_npz):
     assert type(trainer.strategy.checkpoint_io).__name__ == "TorchCheckpointIO"  # a config can go back to Lightning's
 
 
+def test_run_without_a_logger_drops_the_lr_monitor(tmp_path, make_npz):
+    data = make_npz(train=(4, 4), val=(2, 2), test=(2, 2))
+    args = [a for a in tiny_run_args(tmp_path, data) if not a.startswith("--trainer.logger")] + ["--trainer.logger=false"]
+    metrics = fit_and_test(args)  # Lightning's LearningRateMonitor would raise: no logger
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    assert list((tmp_path / "checkpoints").glob("best-epoch*.ckpt"))  # in default_root_dir, as Lightning puts them
+
+
 def test_subcommand_fit(tmp_path, make_npz):
     data = make_npz(train=(4, 4), val=(2, 2), test=(2, 2))
     main(["fit", *tiny_run_args(tmp_path, data, "--trainer.limit_train_batches=1")])
