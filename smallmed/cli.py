@@ -59,9 +59,17 @@ class SmallMedCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
 
     def instantiate_trainer(self, **kwargs):
-        """The trainer, without the LR monitor when logging is off (``--trainer.logger false``):
-        Lightning's ``LearningRateMonitor`` refuses to start without a logger, and has nothing to do."""
-        trainer = super().instantiate_trainer(**kwargs)
+        """The trainer, without the parts of this CLI that the user's trainer options switch off.
+
+        ``--trainer.enable_checkpointing false``: no ``checkpoint`` callback (Lightning refuses a
+        ModelCheckpoint then). ``--trainer.logger false``: no LR monitor (Lightning's refuses to start
+        without a logger, and would have nothing to write to).
+        """
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if config.get("enable_checkpointing") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        trainer = self._instantiate_trainer(config, callbacks)
         if not trainer.loggers:
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
         return trainer
@@ -162,8 +170,8 @@ def fit_and_test(args: list[str] | None = None, study_cell: bool = False) -> dic
     if trainer.is_global_zero and "test/auroc" in metrics:
         test_split = getattr(cli.datamodule, "splits", {}).get("test")  # absent in the launcher of ddp_spawn
         count = f", {len(test_split.labels)} test images" if test_split is not None else ""
-        which = "best (in memory)" if study_cell else (ckpt or "last")
-        print(f"test ROC AUC: {metrics['test/auroc']:.4f} ({which} checkpoint{count})")
+        which = "best (in memory) checkpoint" if study_cell else ("best checkpoint" if ckpt else "last weights")
+        print(f"test ROC AUC: {metrics['test/auroc']:.4f} ({which}{count})")
     return metrics
 
 

@@ -156,6 +156,14 @@ def test_run_without_a_logger_drops_the_lr_monitor(tmp_path, make_npz):
     assert list((tmp_path / "checkpoints").glob("best-epoch*.ckpt"))  # in default_root_dir, as Lightning puts them
 
 
+def test_run_without_checkpointing_tests_the_last_weights(tmp_path, make_npz, capsys):
+    data = make_npz(train=(4, 4), val=(2, 2), test=(2, 2))
+    metrics = fit_and_test(tiny_run_args(tmp_path, data, "--trainer.enable_checkpointing=false"))
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    assert "(last weights, 4 test images)" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_subcommand_fit(tmp_path, make_npz):
     data = make_npz(train=(4, 4), val=(2, 2), test=(2, 2))
     main(["fit", *tiny_run_args(tmp_path, data, "--trainer.limit_train_batches=1")])
