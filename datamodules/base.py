@@ -209,10 +209,33 @@ class SmallImageDataModule(L.LightningDataModule):
             per_class=self.per_class,
             class_names=self.class_names,
         )
+        self._check_every_class_trains(train.labels, self.train_indices)
         index = torch.as_tensor(self.train_indices)
         splits["train"] = Split(train.images[index], train.labels[self.train_indices])
         self.splits = {name: Split(resize_uint8(s.images, self.resize_to), s.labels) for name, s in splits.items()}
         print(self.summary_text())
+
+    def _check_every_class_trains(self, labels: np.ndarray, chosen: np.ndarray) -> None:
+        """A single-label classifier cannot learn a class it never sees: raise, naming each class with
+        no image in the training subset, before a run that would silently train on fewer classes."""
+        if labels.ndim > 1:
+            return
+        available = class_counts(labels, self.num_classes)
+        drawn = class_counts(labels[chosen], self.num_classes)
+        empty = [c for c, n in enumerate(drawn) if n == 0]
+        if not empty:
+            return
+        names = ", ".join(f"{self.class_names[c]!r} (label {c}, {available[c]} in the training split)" for c in empty)
+        if any(available[c] == 0 for c in empty):
+            hint = "the training split itself has none: check the labels or class folders"
+        elif self.per_class is not None:
+            hint = "give every class a count of at least 1 in class_counts"
+        else:
+            hint = f"use train_size >= {self.num_classes} with sampling: balanced"
+        how = f"class_counts={self.per_class}" if self.per_class is not None else f"train_size={self.train_size}, {self.sampling} sampling"
+        raise ValueError(
+            f"{self.source_name()}: the training subset ({how}, seed {self.seed}) has no image of class {names}. HINT: {hint}"
+        )
 
     def summary(self) -> dict[str, list[int]]:
         """Images per class per split, after subset sampling."""

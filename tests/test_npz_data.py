@@ -137,6 +137,20 @@ def test_too_large_balanced_subset_names_class_and_count(breastmnist):
         setup_dm(breastmnist, train_size=600, sampling="stratified")
 
 
+def test_a_class_without_training_images_is_named_with_a_hint(make_npz):
+    path = make_npz(train=(6, 6, 6), val=(2, 2, 2), test=(2, 2, 2))
+    names = ["normal", "bacterial", "viral"]
+    with pytest.raises(ValueError, match=r"train_size=2, balanced sampling, seed 0\) has no image of class "
+                                         r"'viral' \(label 2, 6 in the training split\)\. HINT: use train_size >= 3"):
+        setup_dm(path, train_size=2, class_names=names)
+    with pytest.raises(ValueError, match=r"class_counts=\{0: 2, 2: 2\}, seed 0\) has no image of class 'bacterial'.*"
+                                         r"HINT: give every class a count of at least 1"):
+        setup_dm(path, class_counts={0: 2, 2: 2}, class_names=names)
+    only_in_test = make_npz("gap.npz", train=(6, 6, 0), val=(2, 2, 2), test=(2, 2, 2))
+    with pytest.raises(ValueError, match=r"'viral' \(label 2, 0 in the training split\)\. HINT: the training split itself has none"):
+        setup_dm(only_in_test, num_classes=3, class_names=names)
+
+
 def test_explicit_class_counts(breastmnist):
     dm = setup_dm(breastmnist, class_counts={0: 5, 1: 12}, seed=2)
     assert dm.summary()["train"] == [5, 12]
