@@ -39,6 +39,7 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
@@ -157,8 +158,32 @@ class GradualUnfreezing(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the checkpoint's step counter is restored: a resumed run starts in its own phase.
         self._milestone_steps = self.milestone_steps(trainer)
+        self._warn_unreached_milestones(trainer)
         self.frozen = set()
         self._apply(trainer, force=True)
+
+    def _warn_unreached_milestones(self, trainer: L.Trainer) -> None:
+        """A milestone at or past the end of training leaves its group frozen for the whole run: almost
+        always a unit mix-up (epochs given as steps, a run shortened from the command line), so say so.
+        ``milestones=[]`` or fewer milestones than body groups is the way to keep groups frozen.
+        ``fast_dev_run`` (one batch, by design) is left alone."""
+        if trainer.fast_dev_run:
+            return
+        if self.unit == "epoch":
+            end, unit = trainer.max_epochs, "epochs"
+            if end is None or end < 0:
+                return
+            thresholds = [int(m) for m in self.milestones]
+        else:
+            end, unit = int(trainer.estimated_stepping_batches), "optimizer steps"
+            thresholds = self._milestone_steps or []
+        never = [group for group, t in zip(self.unfreeze_order, thresholds) if t >= end]
+        if never:
+            rank_zero_warn(
+                f"GradualUnfreezing: milestones {self.milestones} ({self.unit}) put the unfreezing of {never} at or "
+                f"after the end of training ({end} {unit}), so they stay frozen throughout. HINT: use milestones "
+                f"within the run, or leave a group's milestone out to keep it frozen on purpose"
+            )
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:

@@ -113,6 +113,25 @@ def test_no_milestones_is_a_feature_extractor():
     assert all(torch.equal(final[n], rec.steps[0]["state"][n]) for n in body)
 
 
+@pytest.mark.parametrize(
+    ("milestones", "unit", "never"),
+    [([1, 2], "epoch", "['early']"), ([1, 5], "epoch", "['early']"), ([0.5, 1.0], "fraction", "['early']"),
+     ([2, 3 * STEPS_PER_EPOCH], "step", "['early']"), ([2, 2], "epoch", "['late', 'early']")],
+)
+def test_a_milestone_past_the_end_of_training_is_warned_about(milestones, unit, never):
+    unfreezing = GradualUnfreezing(milestones=milestones, unit=unit, bn_policy="freeze_all")
+    with pytest.warns(UserWarning, match=rf"unfreezing of \{never}\ at or after the end of training"):
+        _, rec, _ = fit([unfreezing], epochs=2)
+    for group in eval(never):  # and they did stay frozen to the last step
+        assert not any(rec.steps[-1]["requires_grad"][n] for n in unfreezing.layer_groups[group])
+
+
+def test_milestones_inside_the_run_give_no_warning(recwarn):
+    fit([GradualUnfreezing(milestones=[1, 1], unit="epoch")], epochs=2)
+    fit([GradualUnfreezing(milestones=[0.1, 0.2])], epochs=2)
+    assert not [w for w in recwarn if "GradualUnfreezing" in str(w.message)]
+
+
 def _bn_names(module, unfreezing, group):
     members = set(unfreezing.layer_groups[group])
     bn = [m for m, mod in module.named_modules() if isinstance(mod, nn.BatchNorm2d) and f"{m}.weight" in members]
