@@ -232,7 +232,9 @@ class SmallImageDataModule(L.LightningDataModule):
             hint = "give every class a count of at least 1 in class_counts"
         else:
             hint = f"use train_size >= {self.num_classes} with sampling: balanced"
-        how = f"class_counts={self.per_class}" if self.per_class is not None else f"train_size={self.train_size}, {self.sampling} sampling"
+        how = f"train_size={self.train_size}, {self.sampling} sampling"
+        if self.per_class is not None:
+            how = f"class_counts={self.per_class}"
         raise ValueError(
             f"{self.source_name()}: the training subset ({how}, seed {self.seed}) has no image of class {names}. HINT: {hint}"
         )

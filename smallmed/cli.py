@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
@@ -58,12 +60,14 @@ class SmallMedCLI(LightningCLI):
         # python train.py predict ... --predictions.images new_images/ [--predictions.out x.csv] [--predictions.heatmaps true]
         parser.add_lightning_class_args(PredictionWriter, "predictions")
 
-    def instantiate_trainer(self, **kwargs):
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, without the parts of this CLI that the user's trainer options switch off.
 
         ``--trainer.enable_checkpointing false``: no ``checkpoint`` callback (Lightning refuses a
         ModelCheckpoint then). ``--trainer.logger false``: no LR monitor (Lightning's refuses to start
-        without a logger, and would have nothing to write to).
+        without a logger, and would have nothing to write to). The first lines are LightningCLI's own
+        ``instantiate_trainer`` (Lightning 2.x), which has no public hook between instantiating the
+        callback groups and building the Trainer from them.
         """
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}

@@ -1,4 +1,7 @@
-"""The benchmark scripts run and print their figures (tiny models, or one epoch of the real task; the figures themselves are not asserted)."""
+"""The benchmark scripts run and print their figures (tiny models, or one epoch of the real task).
+
+The figures themselves are not asserted: they are measurements, not properties.
+"""
 
 from __future__ import annotations
 
