@@ -56,7 +56,9 @@ class SmallMedClassifier(L.LightningModule):
         fused_optimizer: use the optimizer's fused kernel (one kernel for every parameter instead of
             a loop over tensors) where torch has one for the parameters' device: Adam's step on
             lite0 went from 12.7 to 2.3 ms on 2 CPU cores. ``false`` gives torch's default (a loop on
-            the CPU, ``foreach`` on CUDA), as the runs in ``docs/results.md`` used.
+            the CPU, ``foreach`` on CUDA), as the runs in ``docs/results.md`` used. SGD with momentum
+            is never fused: torch's fused SGD cannot start the momentum of parameters that gradual
+            unfreezing brings in while others already have theirs.
         fold_batchnorm: in eval passes without gradients (validation, test, prediction), run the
             backbone with each BatchNorm folded into the convolution before it
             (:class:`~smallmed.batchnorm_folding.BatchNormFolding`): the same logits up to float
@@ -153,7 +155,9 @@ class SmallMedClassifier(L.LightningModule):
                 x = x.mean(dim=1, keepdim=True)
             else:
                 raise ValueError(f"images have {x.shape[1]} channels; the model takes {channels}")
-        x = (x - self.mean) / self.std
+        # In the dtype of the model's own floats: float32, or bf16 / fp16 under ``bf16-true`` / ``16-true``
+        # precision (Lightning converts the module, buffers included, but not the images made here).
+        x = ((x - self.mean) / self.std).to(self.mean.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def use_channels_last(self, enabled: bool) -> None:
@@ -236,7 +240,11 @@ class SmallMedClassifier(L.LightningModule):
         kwargs: dict = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
             kwargs["momentum"] = hp.momentum
-        if hp.fused_optimizer and fused_kernels_available(self.parameters()):
+        # torch's fused SGD starts momentum only when no parameter has any yet: once gradual unfreezing
+        # brings in parameters without a buffer next to ones with it, the step fails (a TypeError deep in
+        # torch). SGD with momentum takes torch's default kernels instead.
+        fusable = hp.optimizer != "sgd" or hp.momentum == 0
+        if hp.fused_optimizer and fusable and fused_kernels_available(self.parameters()):
             kwargs["fused"] = True
         optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
         total = int(self.trainer.estimated_stepping_batches)

@@ -267,6 +267,27 @@ def test_fit_logs_loss_and_validation_metrics(task):
     assert 0.0 <= results[0]["test/auroc"] <= 1.0
 
 
+def test_sgd_with_momentum_runs_through_gradual_unfreezing():
+    # torch's fused SGD fails once some parameters have momentum buffers and newly unfrozen ones do not.
+    from smallmed.callbacks import GradualUnfreezing
+
+    model = make_model("test_efficientnet", optimizer="sgd", lr=0.05, lr_schedule="constant")
+    train, val = loaders("binary")
+    t = trainer(max_epochs=3, limit_val_batches=0, callbacks=[GradualUnfreezing(milestones=[1, 2], unit="epoch")])
+    t.fit(model, train, val)
+    assert t.global_step == 6 and not t.optimizers[0].param_groups[0].get("fused")
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_true_half_precision_trains_and_tests(precision):
+    model = make_model("test_efficientnet", lr=1e-2)
+    train, val = loaders("binary")
+    t = trainer(precision=precision)
+    t.fit(model, train, val)  # the images made in preprocess follow the module's dtype
+    assert next(model.parameters()).dtype == {"bf16-true": torch.bfloat16, "16-true": torch.float16}[precision]
+    assert 0.0 <= t.test(model, val, verbose=False)[0]["test/auroc"] <= 1.0
+
+
 def test_per_class_metrics_use_class_names():
     model = make_model("test_resnet", "multiclass", class_names=["a", "b", "c", "d"])
     train, val = loaders("multiclass")
@@ -296,7 +317,7 @@ def test_fused_optimizer_kernel_is_the_default_and_can_be_turned_off(optimizer, 
     t = trainer(limit_val_batches=0)
     before = [p.detach().clone() for p in model.parameters()]
     t.fit(model, train, val)
-    assert bool(t.optimizers[0].param_groups[0].get("fused")) is fused
+    assert bool(t.optimizers[0].param_groups[0].get("fused")) is (fused and optimizer != "sgd")  # SGD: momentum 0.9
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it did step
 
 
