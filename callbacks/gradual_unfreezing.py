@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
@@ -158,9 +159,23 @@ class GradualUnfreezing(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the checkpoint's step counter is restored: a resumed run starts in its own phase.
         self._milestone_steps = self.milestone_steps(trainer)
+        self._check_optimizers(trainer)
         self._warn_unreached_milestones(trainer)
         self.frozen = set()
         self._apply(trainer, force=True)
+
+    def _check_optimizers(self, trainer: L.Trainer) -> None:
+        """torch's fused SGD starts momentum only when no parameter has a buffer yet, so the first step
+        after an unfreezing fails with a TypeError from inside torch. Say so before training."""
+        if not any(m > 0 for m in self.milestones):
+            return  # nothing unfreezes during training
+        for optimizer in trainer.optimizers:
+            fused = [g for g in optimizer.param_groups if g.get("fused") and g.get("momentum", 0)]
+            if isinstance(optimizer, torch.optim.SGD) and fused:
+                raise ValueError(
+                    "GradualUnfreezing cannot be used with torch's fused SGD with momentum: it cannot start the "
+                    "momentum of parameters unfrozen after the first step. HINT: SGD(..., fused=False)"
+                )
 
     def _warn_unreached_milestones(self, trainer: L.Trainer) -> None:
         """A milestone at or past the end of training leaves its group frozen for the whole run: almost

@@ -220,6 +220,17 @@ def test_errors_are_raised_early_and_name_the_problem():
         fit([GradualUnfreezing(milestones=[0.1, 0.2, 0.3])], epochs=1)
 
 
+class FusedSGDModule(PlainTimmModule):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9, fused=True)
+
+
+def test_fused_sgd_with_momentum_is_refused_before_training():
+    with pytest.raises(ValueError, match=r"fused SGD with momentum.*HINT: SGD\(\.\.\., fused=False\)"):
+        fit([GradualUnfreezing(milestones=[0.2, 0.4])], epochs=1, module=FusedSGDModule())
+    fit([GradualUnfreezing(milestones=[])], epochs=1, module=FusedSGDModule())  # nothing unfreezes: fine
+
+
 class MLP(L.LightningModule):
     """No timm model, no layer_groups(): groups must come from patterns."""
 
