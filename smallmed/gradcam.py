@@ -59,6 +59,10 @@ def target_layer(model: nn.Module, input_size: int, min_size: int = 7) -> str:
     return info[0]["module"]
 
 
+class NoFeatureMapError(ValueError):
+    """The chosen layer gives no ``(B, C, h, w)`` feature map (a vision transformer's tokens, say)."""
+
+
 def class_activation_maps(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -78,8 +82,8 @@ def class_activation_maps(
         min_size: for ``auto``: smallest map size in cells.
 
     Raises:
-        ValueError: an unknown method or layer, or a layer whose output is not a ``(B, C, h, w)``
-            map (a vision transformer's tokens).
+        ValueError: an unknown method or layer.
+        NoFeatureMapError: the layer's output is not a ``(B, C, h, w)`` map (a vision transformer's tokens).
 
     Example:
         >>> m = timm.create_model("test_resnet", num_classes=2).eval()  # doctest: +SKIP
@@ -109,7 +113,7 @@ def class_activation_maps(
             activation = captured[-1]
         if not isinstance(activation, torch.Tensor) or activation.ndim != 4:
             shape = tuple(activation.shape) if isinstance(activation, torch.Tensor) else type(activation).__name__
-            raise ValueError(
+            raise NoFeatureMapError(
                 f"layer {name!r} of {type(model).__name__} gives {shape}, not a (B, C, h, w) feature map; "
                 "class-activation maps need a CNN layer"
             )

@@ -9,6 +9,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from smallmed import tasks
 from smallmed.backbone import create_backbone, normalization_stats
@@ -166,10 +167,14 @@ class SmallMedClassifier(L.LightningModule):
         self.backbone.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def setup(self, stage: str) -> None:
-        """Settle ``channels_last=None`` once the Trainer knows the device and the precision."""
+        """Settle ``channels_last=None`` once the Trainer knows the device and the precision, and check
+        that a fixed-size backbone gets the size it takes."""
         if self.hparams.channels_last is None:
             strategy = self.trainer.strategy
             self.use_channels_last(prefers_channels_last(strategy.root_device.type, str(self.trainer.precision)))
+        image_size = getattr(self.trainer.datamodule, "image_size", None)
+        if image_size is not None:
+            check_input_size(self.backbone, self.hparams.backbone, int(image_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits: ``(B, 1)`` for binary, ``(B, num_classes)`` otherwise."""
@@ -263,6 +268,22 @@ class SmallMedClassifier(L.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def check_input_size(backbone: nn.Module, name: str, image_size: int) -> None:
+    """Raise, before training, when ``backbone`` takes one input size only (timm's ``fixed_input_size``:
+    ViTs, Swin, MaxViT, EVA, LeViT...) and the data gives another: timm's own error comes from inside the
+    first forward pass and names neither the backbone nor the setting to change."""
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    if not cfg.get("fixed_input_size") or getattr(backbone, "dynamic_img_size", False):
+        return
+    fixed = tuple(getattr(getattr(backbone, "patch_embed", None), "img_size", None) or cfg.get("input_size", ())[-2:])
+    if fixed and fixed != (image_size, image_size):
+        raise ValueError(
+            f"backbone {name!r} takes {fixed[0]}x{fixed[1]} px inputs only (timm: fixed_input_size); the data gives "
+            f"{image_size}x{image_size}. HINT: set data.init_args.image_size: {fixed[0]}, or pick a backbone without "
+            "a fixed input size (CNNs such as tf_efficientnet_lite0, resnet50, convnext_tiny)"
+        )
 
 
 def prefers_channels_last(device_type: str, precision: str) -> bool:

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from smallmed import plots
 from smallmed.callbacks.host_scalars import log_host_scalars
-from smallmed.gradcam import CamMethod, classifier_heatmaps, overlay
+from smallmed.gradcam import CamMethod, NoFeatureMapError, classifier_heatmaps, overlay
 
 
 # ----------------------------------------------------------------- the numbers
@@ -372,7 +373,11 @@ class RunReport(Callback):
             images = torch.stack([_as_channels(image, self._explain[0][0].shape[0]) for image, _, _ in self._explain])
             probs_shown = torch.stack([p for _, _, p in self._explain])
             classes = predicted_classes(task, probs_shown if task != "binary" else probs_shown.reshape(-1))
-            heat = classifier_heatmaps(pl_module, images.to(pl_module.device), classes, self.cam_layer, self.cam_method).cpu()
+            try:
+                heat = classifier_heatmaps(pl_module, images.to(pl_module.device), classes, self.cam_layer, self.cam_method).cpu()
+            except NoFeatureMapError as err:  # a transformer backbone: the run and its other pictures stand
+                rank_zero_warn(f"RunReport: no heatmaps for this backbone ({err}). HINT: --report.heatmaps 0 skips them")
+                return
             overlays = [overlay(image, h) for image, h in zip(images, heat)]
             titles = [
                 f"true {_label_text(task, t, names)}\nheat for {names[int(c)]}" for (_, t, _), c in zip(self._explain, classes)

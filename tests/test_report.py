@@ -257,3 +257,28 @@ def test_wandb_offline_run_holds_every_key_and_media_item(tmp_path, make_npz):
     assert (report.parent / "config.yaml").is_file()  # W&B is the first logger: a copy beside the CSV log too
     assert run["group"] == "breast/imagenet/paper/N16"
     assert ("model", ["model.ckpt"], ["best", "latest"]) in [(t, p, sorted(a)) for t, p, a in run["artifacts"]]
+
+
+def test_a_transformer_backbone_run_ends_with_its_test_and_every_picture_but_the_heatmaps(tmp_path, make_npz, capsys, recwarn):
+    """A ViT gives tokens, not feature maps: class-activation heatmaps cannot be drawn, and that must not
+    cost the run its test (it used to end in a ValueError after training)."""
+    data = make_npz(train=(6, 6), val=(3, 3), test=(5, 5))
+    config = write_config(tmp_path, data, [csv_logger(tmp_path / "logs")])
+    metrics = fit_and_test(["--config", str(config), "--model.init_args.backbone", "test_vit"])
+    assert any(re.search(r"RunReport: no heatmaps for this backbone .*not a \(B, C, h, w\) feature map", str(w.message))
+               for w in recwarn)
+    assert 0.0 <= metrics["test/auroc"] <= 1.0 and "test ROC AUC" in capsys.readouterr().out
+    report = tmp_path / "logs" / "smallmed" / "version_0" / "report"
+    for name in REPORT_PNGS:
+        if name != "heatmaps":
+            assert_png(report / f"{name}.png")
+    assert not (report / "heatmaps.png").exists()
+
+
+def test_a_fixed_size_backbone_at_another_size_is_refused_before_training(tmp_path, make_npz):
+    data = make_npz(train=(6, 6), val=(3, 3), test=(5, 5))
+    config = write_config(tmp_path, data, [csv_logger(tmp_path / "logs")])
+    with pytest.raises(ValueError, match=r"backbone 'vit_tiny_patch16_224' takes 224x224 px inputs only.*gives 32x32\. "
+                                         r"HINT: set data.init_args.image_size: 224"):
+        fit_and_test(["--config", str(config), "--model.init_args.backbone", "vit_tiny_patch16_224"])
+    assert not list(tmp_path.rglob("*.ckpt"))
