@@ -223,6 +223,11 @@ class SmallMedClassifier(L.LightningModule):
         return self.predict_proba(images)
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            # Lightning's sanity pass sees the first val batches only and discards what they log; on a
+            # class-sorted val split they can hold one class, and per-class AUROC would warn for nothing.
+            self.val_metrics.reset()
+            return
         self._log_metrics(self.val_metrics)
 
     def on_test_epoch_end(self) -> None:

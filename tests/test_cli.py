@@ -164,6 +164,14 @@ def test_run_without_checkpointing_tests_the_last_weights(tmp_path, make_npz, ca
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+def test_sanity_check_on_part_of_a_class_sorted_val_split_is_quiet(tmp_path, make_npz, recwarn):
+    # The sanity pass sees 2 eval batches of 4: class 0 only. Its per-class AUROC used to warn.
+    data = make_npz(train=(4, 4, 4), val=(8, 8, 8), test=(2, 2, 2))
+    metrics = fit_and_test(tiny_run_args(tmp_path, data, "--data.eval_batch_size=4", "--trainer.num_sanity_val_steps=2"))
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    assert not [w for w in recwarn if "No positive samples" in str(w.message)]
+
+
 def test_subcommand_fit(tmp_path, make_npz):
     data = make_npz(train=(4, 4), val=(2, 2), test=(2, 2))
     main(["fit", *tiny_run_args(tmp_path, data, "--trainer.limit_train_batches=1")])
