@@ -7,14 +7,36 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 
-def read_wandb_log(path: Path) -> list:
-    """The records of a ``.wandb`` transaction log (LevelDB-log framing: 32 KiB blocks, 7-byte chunk headers)."""
+def read_wandb_log(path: Path, settle_s: float = 30.0) -> list:
+    """The records of a ``.wandb`` transaction log (LevelDB-log framing: 32 KiB blocks, 7-byte chunk headers).
+
+    ``wandb.finish()`` can return while W&B's service process is still writing the log (seen on a
+    loaded 2-core machine: the last record cut short, "Wire format was corrupt"). So the log is read
+    again until it parses and ends with the run's ``exit`` record, for up to ``settle_s`` seconds.
+    """
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            records = _parse_wandb_log(path.read_bytes())
+            if records and records[-1].WhichOneof("record_type") == "exit":
+                return records
+        except DecodeError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _parse_wandb_log(data: bytes) -> list:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data = path.read_bytes()
     assert data[:4] == b":W&B", "not a W&B transaction log"
     block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
