@@ -22,15 +22,15 @@ def read_wandb_log(path: Path, settle_s: float = 30.0) -> list:
 
     deadline = time.monotonic() + settle_s
     while True:
+        out_of_time = time.monotonic() > deadline
         try:
             records = _parse_wandb_log(path.read_bytes())
-            if records and records[-1].WhichOneof("record_type") == "exit":
-                return records
         except DecodeError:
-            if time.monotonic() > deadline:
+            if out_of_time:
                 raise
-        if time.monotonic() > deadline:
-            return records
+        else:
+            if out_of_time or (records and records[-1].WhichOneof("record_type") == "exit"):
+                return records
         time.sleep(0.2)
 
 
