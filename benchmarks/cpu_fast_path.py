@@ -47,8 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as log_dir:
         def run_one(row: str, seed: int) -> dict[str, float]:
             extra = [flag for name in ROWS[row] for flag in FLAGS[name]]
-            extra += ["--trainer.max_epochs", str(args.epochs)]
-            return smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, True, extra)
+            return smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, True, extra, epochs=args.epochs)
 
         runs = alternate(args.seeds, list(ROWS), run_one)
     print_medians(runs, next(iter(ROWS)), "ratio", f"{Path(args.data).stem}, N={args.train_size}, study cell, "

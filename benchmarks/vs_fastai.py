@@ -39,13 +39,14 @@ from smallmed.cli import fit_and_test  # noqa: E402
 
 def smallmed_run(
     data: str, weights: str, seed: int, train_size: int, log_dir: str, study_cell: bool, extra: Sequence[str] = (),
+    epochs: int = 20,
 ) -> dict[str, float]:
     """The paper recipe on ``data`` as a ``train.py`` run or a study cell; its test AUC and wall time."""
     logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": log_dir, "name": ""}}]
     args = ["--config", str(REPO / "configs/paper_recipe.yaml"), "--data.init_args.path", data,
             "--data.init_args.train_size", str(train_size), "--data.init_args.seed", str(seed),
             "--seed_everything", str(seed), "--model.init_args.pretrained", weights, "--trainer.logger", json.dumps(logger),
-            *extra]
+            "--trainer.max_epochs", str(epochs), *extra]
     start = time.perf_counter()
     metrics = fit_and_test(args, study_cell=study_cell)
     return {"test_auroc": metrics["test/auroc"], "wall_s": time.perf_counter() - start}
@@ -111,12 +112,12 @@ def host() -> str:
 def main() -> None:
     args = task_arguments(__doc__).parse_args()
     names = [f"fastai fine_tune({args.epochs})", "smallmed train.py run", "smallmed study cell"]
-    epochs = ["--trainer.max_epochs", str(args.epochs)]
     with tempfile.TemporaryDirectory() as log_dir:
         def run_one(name: str, seed: int) -> dict[str, float]:
             if name.startswith("fastai"):
                 return fastai_fine_tune(args.data, seed, args.train_size, args.weights, epochs=args.epochs)
-            return smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, name.endswith("cell"), epochs)
+            return smallmed_run(args.data, args.weights, seed, args.train_size, log_dir, name.endswith("cell"),
+                                epochs=args.epochs)
 
         runs = alternate(args.seeds, names, run_one)
     print_medians(runs, names[0], "ratio to fastai",

@@ -170,8 +170,8 @@ class GradualUnfreezing(Callback):
         if not any(m > 0 for m in self.milestones):
             return  # nothing unfreezes during training
         for optimizer in trainer.optimizers:
-            fused = [g for g in optimizer.param_groups if g.get("fused") and g.get("momentum", 0)]
-            if isinstance(optimizer, torch.optim.SGD) and fused:
+            fused_with_momentum = [g for g in optimizer.param_groups if g.get("fused") and g.get("momentum", 0)]
+            if isinstance(optimizer, torch.optim.SGD) and fused_with_momentum:
                 raise ValueError(
                     "GradualUnfreezing cannot be used with torch's fused SGD with momentum: it cannot start the "
                     "momentum of parameters unfrozen after the first step. HINT: SGD(..., fused=False)"
