@@ -41,4 +41,6 @@ def install(package_name: str, package_dir: Path) -> None:
         if not inside.is_file() and beside.is_file():
             mapping[f"{package_name}.{name}"] = beside.parent
     if mapping and not any(isinstance(f, _SourceTreeFinder) for f in sys.meta_path):
-        sys.meta_path.append(_SourceTreeFinder(mapping))
+        # First, not last: when another checkout is installed in editable mode, its finder would
+        # otherwise hand this checkout's `smallmed` the other one's callbacks and data modules.
+        sys.meta_path.insert(0, _SourceTreeFinder(mapping))

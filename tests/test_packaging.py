@@ -100,6 +100,17 @@ def test_source_checkout_resolves_subpackages_without_install(tmp_path):
     assert spec == "None"  # only the two subpackages are mapped
 
 
+def test_another_checkout_uses_its_own_subpackages_beside_an_editable_install(tmp_path):
+    """A second checkout (a worktree, an old commit) run from its root, while this one is installed in
+    editable mode: its `smallmed` must not be handed this checkout's callbacks and data modules."""
+    for name in ("smallmed", "callbacks", "datamodules"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import smallmed.callbacks, smallmed.datamodules; print(smallmed.callbacks.__file__); print(smallmed.datamodules.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [Path(f) for f in proc.stdout.split()] == [tmp_path / "callbacks" / "__init__.py", tmp_path / "datamodules" / "__init__.py"]
+
+
 def test_installed_package_imports_the_same_modules():
     import smallmed.callbacks
     import smallmed.datamodules
