@@ -46,7 +46,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
 
 from smallmed.callbacks.host_scalars import log_host_scalars
-from smallmed.callbacks.layer_groups import GroupPatterns, LayerGroups, resolve_layer_groups
+from smallmed.callbacks.layer_groups import GroupCount, GroupPatterns, LayerGroups, resolve_layer_groups
 
 Unit = Literal["fraction", "step", "epoch"]
 BNPolicy = Literal["train", "freeze_stats", "freeze_all"]
@@ -67,7 +67,8 @@ class GradualUnfreezing(Callback):
         bn_policy: what happens to normalisation layers of frozen groups (see the module docstring).
         groups: regex patterns, one entry per group (input to head), for modules with neither
             ``layer_groups()`` nor a timm model.
-        num_groups: groups to cut a timm model into when the module has no ``layer_groups()``.
+        num_groups: how to cut a timm model the module holds when it has no ``layer_groups()``:
+            a number (default 3), ``"stages"`` or ``"blocks"``.
 
     Example:
         >>> trainer = L.Trainer(callbacks=[GradualUnfreezing(milestones=[0.1, 0.2])])  # doctest: +SKIP
@@ -79,7 +80,7 @@ class GradualUnfreezing(Callback):
         unit: Unit = "fraction",
         bn_policy: BNPolicy = "train",
         groups: GroupPatterns | None = None,
-        num_groups: int | None = 3,
+        num_groups: GroupCount | None = None,
     ) -> None:
         if unit not in ("fraction", "step", "epoch"):
             raise ValueError(f"unknown unit {unit!r}; choose fraction, step or epoch")
@@ -112,7 +113,7 @@ class GradualUnfreezing(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self.layer_groups = resolve_layer_groups(pl_module, self.patterns, self.num_groups)
+        self.layer_groups = resolve_layer_groups(pl_module, self.patterns, self.num_groups, caller="GradualUnfreezing")
         names = list(self.layer_groups)
         body = names[:-1]
         if len(self.milestones) > len(body):
@@ -146,6 +147,15 @@ class GradualUnfreezing(Callback):
             total = int(trainer.estimated_stepping_batches)
             return [round(m * total) for m in self.milestones]
         return [int(m) for m in self.milestones]
+
+    def first_unfreezing_step(self, trainer: L.Trainer) -> int | None:
+        """The optimizer step at which the first body group unfreezes (``None``: none does)."""
+        if not self.milestones:
+            return None
+        if self.unit != "epoch":
+            return self.milestone_steps(trainer)[0]
+        steps_per_epoch = int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs or 1)
+        return int(self.milestones[0]) * steps_per_epoch
 
     def frozen_groups_at(self, step: int, epoch: int) -> set[str]:
         """The body groups frozen at this optimizer step / epoch."""
@@ -257,3 +267,15 @@ class GradualUnfreezing(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # The phase is recomputed from the restored step counter; the saved one is for inspection.
         self._restored_state = dict(state_dict)
+
+
+def first_unfreezing_step(trainer: L.Trainer | None) -> int | None:
+    """When the trainer's :class:`GradualUnfreezing` first unfreezes a body group, in optimizer steps.
+
+    ``None`` without the callback or when nothing unfreezes. For schedules whose phases follow the
+    unfreezing (fastai's ``fine_tune`` restarts its cycle there), so the phases have one home.
+    """
+    found = [cb for cb in (trainer.callbacks if trainer is not None else []) if isinstance(cb, GradualUnfreezing)]
+    if len(found) > 1:
+        raise ValueError(f"{len(found)} GradualUnfreezing callbacks given; keep one")
+    return found[0].first_unfreezing_step(trainer) if found else None

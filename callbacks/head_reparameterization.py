@@ -13,12 +13,15 @@ large early gradients distort the transferred features (Kumar et al., ICLR 2022)
     A weight-normalised (cosine) classifier with a learned scale, less sensitive to the feature
     norm shift between source and target images.
 
-Head dropout is applied in front of the head by a forward pre-hook, so checkpoints keep their keys.
+Head dropout is not this callback's job: it has one home, the module (smallmed's
+``model.init_args.drop_rate``, timm's ``create_model(drop_rate=...)``). The old ``dropout`` argument
+still works, with a deprecation warning, for modules that have no dropout of their own.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -55,7 +58,8 @@ class HeadReparameterization(Callback):
         classifier: ``linear`` keeps the module's head type; ``cosine`` replaces it by a
             :class:`CosineClassifier` (done in ``setup``, so the optimizer sees its parameters).
         prior_bias: set the head's bias to the training set's class prior (log-odds).
-        dropout: dropout probability in front of the head (``None``: leave as is).
+        dropout: deprecated: put the dropout in the module (smallmed: ``model.init_args.drop_rate``).
+            Still applied in front of the head by a forward pre-hook when given.
         cosine_scale: initial scale of the cosine classifier.
         probe_steps: L-BFGS iterations of the linear probe.
         probe_weight_decay: L2 penalty of the probe (small data needs some).
@@ -85,6 +89,13 @@ class HeadReparameterization(Callback):
             raise ValueError(f"unknown classifier {classifier!r}; choose linear or cosine")
         if dropout is not None and not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if dropout is not None:
+            warnings.warn(
+                "HeadReparameterization(dropout=...) is deprecated: head dropout belongs to the module. HINT: set "
+                "model.init_args.drop_rate (smallmed) or timm.create_model(..., drop_rate=...) and drop the argument",
+                FutureWarning,
+                stacklevel=2,
+            )
         if probe_steps < 1:
             raise ValueError(f"probe_steps must be positive, got {probe_steps}")
         self.mode = mode
@@ -135,6 +146,14 @@ class HeadReparameterization(Callback):
         if self.classifier == "cosine" and not isinstance(head, CosineClassifier):
             head = CosineClassifier(head.in_features, head.out_features, self.cosine_scale).to(head.weight.device)
             setattr(parent, attr, head)
+        if self.dropout:
+            found = find_timm_model(pl_module)
+            own = getattr(found[1], "drop_rate", 0.0) if found else 0.0
+            if own:
+                raise ValueError(
+                    f"head dropout is set twice: the model's drop_rate={own} and HeadReparameterization(dropout="
+                    f"{self.dropout}). HINT: keep the model's drop_rate and remove the callback's dropout"
+                )
         if self.dropout is not None and id(head) not in self._hooked:
             p = self.dropout
             head.register_forward_pre_hook(lambda m, args: (F.dropout(args[0], p, training=m.training), *args[1:]))

@@ -7,22 +7,28 @@ parameters by identity, and nothing here freezes or changes anything as a side e
 
 Where groups come from, in order of preference:
 
-1. ``pl_module.layer_groups()`` when the module defines it (smallmed's classifier does);
-2. a timm model found on the module, split with timm's own ``group_matcher`` (data, not
-   hard-coded attribute names), with its ``get_classifier()`` always the last group;
-3. an explicit list of regular expressions, one entry per group.
+1. ``pl_module.layer_groups()`` when the module defines it (smallmed's classifier does): then it
+   is the one home of the groups, and a callback given its own ``groups``/``num_groups`` refuses;
+2. an explicit list of regular expressions, one entry per group;
+3. a timm model found on the module, split with timm's own ``group_matcher`` (data, not
+   hard-coded attribute names), with its ``get_classifier()`` always the last group.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
 LayerGroups = dict[str, list[str]]
 """Ordered mapping ``group name -> parameter names``; the head is the last group."""
+
+GroupCount = int | Literal["stages", "blocks"]
+"""How finely to cut a timm model: a number of groups (head included), one group per timm stage
+(``group_matcher(coarse=True)``) or one per block (``coarse=False``: layer-wise LR decay's unit)."""
 
 GroupPatterns = Sequence[str | Sequence[str]]
 """One entry per group, input to head; each entry is a regex or a list of regexes."""
@@ -49,17 +55,17 @@ def _prefixed(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def timm_layer_groups(model: nn.Module, num_groups: int | None = 3, prefix: str = "") -> LayerGroups:
-    """Split a timm model into ``num_groups`` ordered groups with its ``group_matcher``.
+def timm_layer_groups(model: nn.Module, num_groups: GroupCount | None = 3, prefix: str = "") -> LayerGroups:
+    """Split a timm model into ordered groups with its ``group_matcher``.
 
-    The classifier (``get_classifier()``) is the last group. The body's coarse timm groups (stem,
-    stages) are cut into ``num_groups - 1`` contiguous runs of near-equal length in depth, which for
-    three groups gives the paper's early body / late body split.
+    The classifier (``get_classifier()``) is the last group. For a number of groups, the body's
+    coarse timm groups (stem, stages) are cut into ``num_groups - 1`` contiguous runs of near-equal
+    length in depth, which for three groups gives the paper's early body / late body split.
 
     Args:
         model: a timm model (anything with ``group_matcher`` and ``get_classifier``).
-        num_groups: groups to return, head included; ``None`` keeps every coarse timm group
-            (one per stage, as timm's layer decay uses).
+        num_groups: groups to return, head included; ``"stages"`` (or ``None``) keeps every coarse
+            timm group (``stage0..``), ``"blocks"`` every fine one (``block0..``).
         prefix: prepended to each parameter name, for a model that lives inside a LightningModule.
 
     Raises:
@@ -73,22 +79,28 @@ def timm_layer_groups(model: nn.Module, num_groups: int | None = 3, prefix: str 
     """
     from timm.models import group_parameters
 
-    if num_groups is not None and num_groups < 2:
+    if num_groups is None:
+        num_groups = "stages"
+    if isinstance(num_groups, str) and num_groups not in ("stages", "blocks"):
+        raise ValueError(f"num_groups must be a number, 'stages' or 'blocks', got {num_groups!r}")
+    if isinstance(num_groups, int) and num_groups < 2:
         raise ValueError(f"num_groups must be at least 2 (a body and a head), got {num_groups}")
     classifier = model.get_classifier()
     head_ids = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
-    names = {id(p): n for n, p in model.named_parameters()}
     head = [n for n, p in model.named_parameters() if id(p) in head_ids]
-    stages: list[list[str]] = []
-    for members in group_parameters(model, model.group_matcher(coarse=True)).values():
-        body = [n for n in members if n in names.values() and n not in head]
-        if body:
-            stages.append(body)
     if not head:
         raise ValueError(f"{type(model).__name__}.get_classifier() has no parameters: there is no head to train")
-    if num_groups is None:
+    head_names = set(head)
+    matcher = model.group_matcher(coarse=num_groups != "blocks")
+    stages: list[list[str]] = []
+    for members in group_parameters(model, matcher).values():
+        body = [n for n in members if n not in head_names]
+        if body:
+            stages.append(body)
+    if isinstance(num_groups, str):
+        unit = "stage" if num_groups == "stages" else "block"
         body_groups = stages
-        group_names = [f"stage{i}" for i in range(len(stages))] + ["head"]
+        group_names = [f"{unit}{i}" for i in range(len(stages))] + ["head"]
     else:
         if num_groups - 1 > len(stages):
             raise ValueError(
@@ -169,29 +181,48 @@ def parameter_prefixes(module: nn.Module, depth: int = 2) -> list[str]:
 
 
 def resolve_layer_groups(
-    pl_module: nn.Module, patterns: GroupPatterns | None = None, num_groups: int | None = 3
+    pl_module: nn.Module,
+    patterns: GroupPatterns | None = None,
+    num_groups: GroupCount | None = None,
+    caller: str = "the callback",
 ) -> LayerGroups:
     """The layer groups a callback should use on ``pl_module`` (see the module docstring for the order).
 
-    Parameters that belong to no group (a head added after the groups were made, a learned scale)
-    join the last group: whatever is new sits with the head.
+    A module that defines ``layer_groups()`` is the one home of its groups: a callback that also
+    gets ``groups`` or ``num_groups`` is refused, so that no setting is silently ignored. Parameters
+    that belong to no group (a head added after the groups were made, a learned scale) join the last
+    group: whatever is new sits with the head.
+
+    Args:
+        pl_module: the module whose parameters are grouped.
+        patterns: regexes, one entry per group, for modules without ``layer_groups()``.
+        num_groups: how to cut a timm model the module holds (default 3, the paper's groups).
+        caller: the callback asking, for error messages.
 
     Raises:
-        ValueError: nothing to group by, fewer than two groups, or unknown parameter names.
+        ValueError: nothing to group by, two homes for the groups, fewer than two groups, or
+            unknown parameter names.
     """
-    if patterns is not None:
-        groups = pattern_layer_groups(pl_module, patterns)
-    elif callable(getattr(pl_module, "layer_groups", None)):
+    if callable(getattr(pl_module, "layer_groups", None)):
+        given = [name for name, value in (("groups", patterns), ("num_groups", num_groups)) if value is not None]
+        if given:
+            raise ValueError(
+                f"{caller} got {' and '.join(given)}, but {type(pl_module).__name__} defines its own layer groups "
+                f"(its layer_groups() method), which every callback reads. HINT: remove {', '.join(given)} from "
+                f"{caller}; for smallmed's model set model.init_args.num_groups instead"
+            )
         groups = {k: list(v) for k, v in pl_module.layer_groups().items()}
+    elif patterns is not None:
+        groups = pattern_layer_groups(pl_module, patterns)
     else:
         found = find_timm_model(pl_module)
         if found is None:
             raise ValueError(
                 f"{type(pl_module).__name__} has no layer_groups() method and holds no timm model; "
-                "HINT: pass `groups=[...]` (one regex per group, input to head) to the callback"
+                f"HINT: pass `groups=[...]` (one regex per group, input to head) to {caller}"
             )
         prefix, model = found
-        groups = timm_layer_groups(model, num_groups=num_groups, prefix=prefix)
+        groups = timm_layer_groups(model, num_groups=3 if num_groups is None else num_groups, prefix=prefix)
     return _complete(pl_module, groups)
 
 

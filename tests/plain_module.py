@@ -10,6 +10,7 @@ import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
+from torch.optim import lr_scheduler as S
 from torch.utils.data import DataLoader, TensorDataset
 
 
@@ -54,9 +55,19 @@ class PlainTimmModule(L.LightningModule):
         if self.scheduler_name == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=total)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        if self.scheduler_name == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        step_schedulers = {
+            "cosine": lambda: S.CosineAnnealingLR(opt, T_max=total),
+            "cosine_floor": lambda: S.CosineAnnealingLR(opt, T_max=total, eta_min=1e-4),
+            "warm_restarts": lambda: S.CosineAnnealingWarmRestarts(opt, T_0=4),
+            "warm_restarts_floor": lambda: S.CosineAnnealingWarmRestarts(opt, T_0=4, eta_min=1e-4),
+            "linear": lambda: S.LinearLR(opt, start_factor=0.1, total_iters=total),
+            "sequential": lambda: S.SequentialLR(
+                opt, [S.LinearLR(opt, start_factor=0.1, total_iters=3), S.CosineAnnealingLR(opt, T_max=total - 3)], milestones=[3]
+            ),
+            "custom": lambda: HalvingLR(opt),
+        }
+        if self.scheduler_name in step_schedulers:
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": step_schedulers[self.scheduler_name](), "interval": "step"}}
         if self.scheduler_name == "lambda_epoch":
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5**e)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
@@ -64,6 +75,13 @@ class PlainTimmModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": "epoch"}}
         return opt
+
+
+class HalvingLR(torch.optim.lr_scheduler.LRScheduler):
+    """A user's own scheduler class, unknown to smallmed: halves every group's LR each step."""
+
+    def get_lr(self):
+        return [group["lr"] * 0.5 for group in self.optimizer.param_groups]
 
 
 def random_loader(n: int = 40, batch_size: int = 8, size: int = 32, num_classes: int = 3, seed: int = 0) -> DataLoader:

@@ -44,10 +44,16 @@ def reference_curve(scheduler: str, steps: int, lr: float = 1e-2, epochs: int = 
     """The head's LR: the same scheduler on a one-parameter optimizer, stepped as Lightning steps it."""
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=lr)
-    if scheduler == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    S = torch.optim.lr_scheduler
+    sched = {
+        "onecycle": lambda: S.OneCycleLR(opt, max_lr=lr, total_steps=steps),
+        "cosine": lambda: S.CosineAnnealingLR(opt, T_max=steps),
+        "warm_restarts": lambda: S.CosineAnnealingWarmRestarts(opt, T_0=4),
+        "linear": lambda: S.LinearLR(opt, start_factor=0.1, total_iters=steps),
+        "sequential": lambda: S.SequentialLR(
+            opt, [S.LinearLR(opt, start_factor=0.1, total_iters=3), S.CosineAnnealingLR(opt, T_max=steps - 3)], milestones=[3]
+        ),
+    }[scheduler]()
     out = []
     for _ in range(steps):
         out.append(opt.param_groups[0]["lr"])
@@ -56,7 +62,7 @@ def reference_curve(scheduler: str, steps: int, lr: float = 1e-2, epochs: int = 
     return out
 
 
-@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "warm_restarts", "linear", "sequential"])
 def test_ratio_holds_at_every_step_of_step_schedulers(scheduler):
     _, curve, _ = run(scheduler, [DiscriminativeLR(ratio=1 / 3)])
     assert curve.names == ["early", "late", "head"]
@@ -156,7 +162,7 @@ def test_multipliers_formulas():
 
 
 def test_per_stage_layer_decay_over_timm_stages():
-    _, curve, _ = run("none", [DiscriminativeLR(ratio=0.5, num_groups=None)], epochs=1)
+    _, curve, _ = run("none", [DiscriminativeLR(ratio=0.5, num_groups="stages")], epochs=1)
     assert curve.names[-1] == "head" and curve.names[0] == "stage0"
     k = len(curve.names)
     assert curve.lrs[0] == pytest.approx([1e-2 * 0.5 ** (k - 1 - i) for i in range(k)])
@@ -182,8 +188,7 @@ def test_works_together_with_unfreezing_and_sgd():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, "exactly one of ratio, lr_mult or multipliers"),
-        ({"ratio": 0.3, "lr_mult": 10}, "exactly one of"),
+        ({"ratio": 0.3, "lr_mult": 10}, "at most one of ratio, lr_mult or multipliers \\(got ratio, lr_mult\\)"),
         ({"ratio": 3.0}, "ratio must be in \\(0, 1\\]"),
         ({"lr_mult": 0.5}, "lr_mult must be >= 1"),
         ({"multipliers": [1.0, -1.0]}, "multipliers must be positive"),
@@ -206,3 +211,78 @@ def test_parameters_added_by_a_later_callbacks_setup_join_the_head_group():
     assert curve.names == ["early", "late", "head"]
     head_params = {id(p) for p in trainer.optimizers[0].param_groups[-1]["params"]}
     assert id(trainer.lightning_module.net.get_classifier().scale) in head_params
+
+
+def test_no_argument_means_the_papers_ratio():
+    _, curve, _ = run("none", [DiscriminativeLR()], epochs=1)
+    assert curve.lrs[0] == pytest.approx([1e-2 * m for m in PAPER])
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "message"),
+    [
+        ("cosine_floor", r"CosineAnnealingLR\(eta_min=0.0001\) ends every layer group on the same floor.*HINT: eta_min=0, or build"),
+        ("warm_restarts_floor", r"CosineAnnealingWarmRestarts\(eta_min=0.0001\) ends every layer group"),
+        ("custom", r"cannot scale the per-group values of HalvingLR .*HINT: build the param groups in configure_optimizers"),
+    ],
+)
+def test_schedulers_whose_values_cannot_all_be_scaled_are_refused_by_name(scheduler, message):
+    with pytest.raises(ValueError, match=message):
+        run(scheduler, [DiscriminativeLR()], epochs=1)
+
+
+class BuildsItsOwnGroups(PlainTimmModule):
+    """A module that builds its per-layer groups itself, with the callback's multipliers (the clean path)."""
+
+    multipliers_from_callback = True
+
+    def layer_groups(self):
+        from smallmed.callbacks import timm_layer_groups
+
+        return timm_layer_groups(self.net, 3, prefix="net")
+
+    def configure_optimizers(self):
+        from smallmed.callbacks import layer_param_groups, lr_multipliers
+
+        multipliers = lr_multipliers(self.trainer, self) if self.multipliers_from_callback else {"early": 0.5}
+        opt = torch.optim.AdamW(layer_param_groups(self, self.layer_groups(), self.lr, multipliers, weight_decay=0.05))
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=1e-4)  # a floor is fine here
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_groups_built_with_layer_param_groups_are_left_alone():
+    L.seed_everything(0)
+    curve = LRCurve()
+    module = BuildsItsOwnGroups()
+    trainer = quiet_trainer(max_epochs=1, callbacks=[DiscriminativeLR(), curve])
+    trainer.fit(module, train_dataloaders=random_loader(), val_dataloaders=random_loader(n=8, seed=1))
+    assert curve.names == ["early", "early/no_decay", "late", "late/no_decay", "head", "head/no_decay"]
+    assert curve.lrs[0] == pytest.approx([1e-2 * m for m in PAPER for _ in (0, 1)])
+    groups = trainer.optimizers[0].param_groups
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0] * 3
+    no_decay = {id(p) for g in groups[1::2] for p in g["params"]}
+    assert no_decay == {id(p) for p in module.parameters() if p.ndim <= 1}
+
+
+def test_groups_built_with_other_multipliers_are_refused():
+    module = BuildsItsOwnGroups()
+    module.multipliers_from_callback = False
+    trainer = quiet_trainer(max_epochs=1, callbacks=[DiscriminativeLR()])
+    with pytest.raises(ValueError, match="built with LR multipliers .*but DiscriminativeLR gives"):
+        trainer.fit(module, train_dataloaders=random_loader(), val_dataloaders=random_loader(n=8, seed=1))
+
+
+@pytest.mark.parametrize("kwargs", [{"num_groups": 4}, {"groups": [".*"]}])
+def test_group_settings_on_a_module_that_defines_its_groups_are_refused(kwargs):
+    trainer = quiet_trainer(max_epochs=1, callbacks=[DiscriminativeLR(**kwargs)])
+    with pytest.raises(ValueError, match="defines its own layer groups .*HINT: remove"):
+        trainer.fit(BuildsItsOwnGroups(), train_dataloaders=random_loader(), val_dataloaders=random_loader(n=8, seed=1))
+
+
+def test_lr_multipliers_without_the_callback_is_empty():
+    from smallmed.callbacks import lr_multipliers
+
+    trainer = quiet_trainer(max_epochs=1)
+    assert lr_multipliers(trainer, BuildsItsOwnGroups()) == {}
+    assert lr_multipliers(None, BuildsItsOwnGroups()) == {}

@@ -339,11 +339,19 @@ def test_cosine_head_survives_checkpoint_save_and_resume(tmp_path):
         torch.testing.assert_close(probe.head_state[key], saved["state_dict"][f"net.fc.{key}"], atol=0, rtol=0)
 
 
-# --------------------------------------------------------------------------- head dropout
+# --------------------------------------------------------------------------- head dropout (deprecated)
+def with_dropout(p: float | None, **kwargs) -> HeadReparameterization:
+    """The callback with the deprecated ``dropout`` argument, which must warn and still work."""
+    if p is None:
+        return HeadReparameterization(**kwargs)
+    with pytest.warns(FutureWarning, match=r"dropout=...\) is deprecated.*HINT: set model.init_args.drop_rate"):
+        return HeadReparameterization(dropout=p, **kwargs)
+
+
 def test_head_dropout_acts_in_train_mode_only_and_is_hooked_once():
     torch.manual_seed(0)
     model = PlainTimmModule("test_resnet", num_outputs=3)
-    cb = HeadReparameterization(dropout=0.5)
+    cb = with_dropout(0.5)
     cb.setup(None, model, "fit")
     cb.setup(None, model, "test")  # fit then test: still one hook
     head = model.net.fc
@@ -374,7 +382,7 @@ def test_head_dropout_stays_out_of_the_linear_probe():
     for dropout in (None, 0.5):
         torch.manual_seed(0)
         model = PlainTimmModule("test_resnet", num_outputs=1)
-        cb = HeadReparameterization(mode="linear_probe", dropout=dropout)
+        cb = with_dropout(dropout, mode="linear_probe")
         probe = StartProbe()
         tiny_trainer([cb, probe]).fit(model, datamodule=TensorDataModule(x, y))
         losses.append(cb.probe_loss)
@@ -386,9 +394,16 @@ def test_head_dropout_stays_out_of_the_linear_probe():
 
 def test_cosine_head_gets_the_dropout_hook():
     model = PlainTimmModule("test_resnet", num_outputs=2)
-    HeadReparameterization(classifier="cosine", dropout=0.2).setup(None, model, "fit")
+    with_dropout(0.2, classifier="cosine").setup(None, model, "fit")
     assert isinstance(model.net.fc, CosineClassifier)
     assert len(model.net.fc._forward_pre_hooks) == 1
+
+
+def test_dropout_set_on_the_model_and_the_callback_is_refused():
+    model = PlainTimmModule("test_resnet", num_outputs=2)
+    model.net.drop_rate = 0.3
+    with pytest.raises(ValueError, match=r"head dropout is set twice: the model's drop_rate=0.3 and HeadReparameterization"):
+        with_dropout(0.2).setup(None, model, "fit")
 
 
 # --------------------------------------------------------------------------- resume
