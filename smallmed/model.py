@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -13,11 +12,11 @@ from torch import nn
 
 from smallmed import tasks
 from smallmed.backbone import create_backbone, normalization_stats
-from smallmed.batchnorm_folding import BatchNormFolding
-from smallmed.callbacks.layer_groups import LayerGroups, timm_layer_groups
-from smallmed.copy_free_activations import use_copy_free_activations
+from smallmed.callbacks.discriminative_lr import lr_multipliers
+from smallmed.callbacks.gradual_unfreezing import first_unfreezing_step
+from smallmed.callbacks.layer_groups import GroupCount, LayerGroups, timm_layer_groups
+from smallmed.callbacks.param_groups import layer_param_groups
 from smallmed.schedules import SCHEDULES, Schedule, build_scheduler
-from smallmed.small_map_depthwise import use_small_map_depthwise
 from smallmed.weights import load_pretrained
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -28,7 +27,9 @@ class SmallMedClassifier(L.LightningModule):
 
     The module takes uint8 (0..255) or float (0..1) images with 1 or 3 channels and normalises them
     itself with the statistics the backbone's pretrained weights expect, so data modules can hold
-    compact uint8 tensors and no pipeline can forget the normalisation.
+    compact uint8 tensors and no pipeline can forget the normalisation. The optimizer holds one
+    named param group per layer group (:meth:`layer_groups`), built once with the LR multipliers of
+    a :class:`~smallmed.callbacks.DiscriminativeLR` callback when the trainer has one.
 
     Args:
         backbone: any timm architecture name, e.g. ``tf_efficientnet_lite0``, ``resnet18``.
@@ -39,49 +40,23 @@ class SmallMedClassifier(L.LightningModule):
         pretrained: ``true`` for timm hub weights, ``false`` for random init, or a path to a
             ``.safetensors``/``.pth`` file or an earlier smallmed checkpoint (targeted transfer: the
             backbone is taken, the head is rebuilt for ``num_classes``).
-        drop_rate: dropout before the classifier (the paper's head dropout).
-        optimizer: ``adam`` (the paper), ``adamw`` or ``sgd``.
-        lr: peak LR of the head. Per-group LRs come from the ``DiscriminativeLR`` callback.
+        drop_rate: dropout in front of the classifier (the paper's head dropout).
+        num_groups: the layer groups every callback reads: 3 (the paper's early body, late body,
+            head), another number, ``"stages"`` (one per timm stage) or ``"blocks"`` (one per block).
+        optimizer: ``adam`` (the paper), ``adamw`` (decoupled weight decay) or ``sgd``.
+        lr: peak LR of the head; earlier groups get ``lr`` times their multiplier.
+        weight_decay: decay of weights with two or more dimensions; biases and norm affines get none.
+        betas, eps: Adam / AdamW's moment coefficients and denominator term.
+        momentum: SGD's momentum.
         lr_schedule: ``one_cycle`` (the paper), ``constant``, ``plateau`` (the paper's "regular"
-            training: divide by 10 on a val-loss plateau), ``cosine``, or ``fastai_fine_tune``
-            (one frozen cycle of ``freeze_epochs``, then a fresh cycle at half the LR).
+            training: divide by 10 on a val-loss plateau), ``cosine``, or ``fastai_fine_tune`` (one
+            cycle until :class:`~smallmed.callbacks.GradualUnfreezing` first unfreezes, then a fresh
+            cycle at half the LR).
+        pct_start, div_factor, final_div_factor: the one cycle's warm-up share, start LR (``lr /
+            div_factor``) and end LR (start LR / ``final_div_factor``).
+        plateau_patience: epochs without val-loss improvement before ``plateau`` divides the LR.
         tta: average four passes (image, flipped, two corner crops) at test and predict time.
-        num_groups: layer groups returned by :meth:`layer_groups` (3: early body, late body, head).
         class_names: names for per-class metrics and predictions.
-        channels_last: keep weights and inputs in NHWC memory order. ``None`` (default) chooses
-            per run, where it measured faster (``docs/speed.md``): on the CPU, where oneDNN's
-            depthwise convolutions gain most (a tf_efficientnet_lite0 step at 64 px, batch 16, took
-            0.80 of the NCHW time on 2 cores, 0.58 at 224 px; ResNets at 64 px lost 7-21%), and on
-            a GPU with 16-bit precision (cuDNN's tensor-core kernels); fp32 GPU runs stay NCHW, the
-            layout the GPU study figures were measured in. Outside a Trainer, ``None`` is NCHW.
-        fused_optimizer: use the optimizer's fused kernel (one kernel for every parameter instead of
-            a loop over tensors) where torch has one for the parameters' device: Adam's step on
-            lite0 went from 12.7 to 2.3 ms on 2 CPU cores. ``false`` gives torch's default (a loop on
-            the CPU, ``foreach`` on CUDA), as the runs in ``docs/results.md`` used. SGD with momentum
-            is never fused: torch's fused SGD cannot start the momentum of parameters that gradual
-            unfreezing brings in while others already have theirs.
-        fold_batchnorm: in eval passes without gradients (validation, test, prediction), run the
-            backbone with each BatchNorm folded into the convolution before it
-            (:class:`~smallmed.batchnorm_folding.BatchNormFolding`): the same logits up to float
-            rounding, one operation fewer per pair. A lite0 eval pass (78 images, 64 px, 2 CPU
-            cores) took 0.56 of the time. ``None`` (default) folds on the CPU only: each pass
-            refolds with about 300 small operations, which on a launch-bound GPU would cost more
-            kernel launches than the 49 BatchNorms it saves (not measured on a GPU yet). The
-            model's own modules and weights are never changed.
-        small_map_depthwise: compute the weight gradient of depthwise convolutions on maps of at
-            most 2x2 positions as two matmuls on the CPU (:mod:`smallmed.small_map_depthwise`),
-            where oneDNN's took 2.4 ms for a 1,152-channel 5x5 layer; lite0 at 64 px has four such
-            layers, and a training step took 0.93 of the time on an Intel Xeon, 0.85 on an AMD
-            EPYC. Off by default: over 160 paired
-            BreastMNIST seeds its runs scored 0.005 [0.0004, 0.009] lower in test AUC, with gradients
-            equal to oneDNN's up to rounding. The first 40 seeds gave -0.015, the 120 after them
-            -0.001 [-0.006, +0.003]; the rule set before the last 80 (the pooled interval must
-            include zero) missed by 0.0004, so it stays opt-in.
-        copy_free_activations: run the backbone's in-place ReLU6 / SiLU / Hardswish / Hardsigmoid /
-            Mish out of place while autograd records them (:mod:`smallmed.copy_free_activations`):
-            torch clones the input of those in-place activations for their backward pass, so in
-            place they cost a full extra copy each in every training step and save no memory. The
-            results are the same bit for bit; ``false`` keeps timm's modules as built.
 
     Example:
         >>> model = SmallMedClassifier("test_resnet", num_classes=2, pretrained=False)
@@ -97,24 +72,20 @@ class SmallMedClassifier(L.LightningModule):
         in_chans: Literal[1, 3] = 3,
         pretrained: bool | str = True,
         drop_rate: float = 0.0,
+        num_groups: GroupCount = 3,
         optimizer: Literal["adam", "adamw", "sgd"] = "adam",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
         momentum: float = 0.9,
         lr_schedule: Schedule = "one_cycle",
         pct_start: float = 0.3,
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
         plateau_patience: int = 3,
-        freeze_epochs: int = 1,
         tta: bool = False,
-        num_groups: int = 3,
         class_names: list[str] | None = None,
-        channels_last: bool | None = None,
-        fused_optimizer: bool = True,
-        fold_batchnorm: bool | None = None,
-        small_map_depthwise: bool = False,
-        copy_free_activations: bool = True,
     ) -> None:
         super().__init__()
         tasks.check_task(task, num_classes)
@@ -132,11 +103,7 @@ class SmallMedClassifier(L.LightningModule):
         self.task = task
         self.backbone = create_backbone(backbone, tasks.num_outputs(task, num_classes), in_chans, drop_rate)
         self.weights_source = load_pretrained(self.backbone, backbone, pretrained)
-        use_small_map_depthwise(self.backbone, small_map_depthwise)
-        use_copy_free_activations(self.backbone, copy_free_activations)
-        self.channels_last = False
-        if channels_last:
-            self.use_channels_last(True)
+        self.layer_groups()  # a num_groups the backbone cannot take fails here, not at the first step
         mean, std = normalization_stats(self.backbone, in_chans)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
@@ -158,41 +125,24 @@ class SmallMedClassifier(L.LightningModule):
                 raise ValueError(f"images have {x.shape[1]} channels; the model takes {channels}")
         # In the dtype of the model's own floats: float32, or bf16 / fp16 under ``bf16-true`` / ``16-true``
         # precision (Lightning converts the module, buffers included, but not the images made here).
-        x = ((x - self.mean) / self.std).to(self.mean.dtype)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return ((x - self.mean) / self.std).to(self.mean.dtype)
 
-    def use_channels_last(self, enabled: bool) -> None:
-        """Put the backbone's weights and every input in NHWC (``True``) or NCHW (``False``) order."""
-        self.channels_last = enabled
-        self.backbone.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits: ``(B, 1)`` for binary, ``(B, num_classes)`` otherwise."""
+        return self.backbone(self.preprocess(images))
 
     def setup(self, stage: str) -> None:
-        """Settle ``channels_last=None`` once the Trainer knows the device and the precision, and check
-        that a fixed-size backbone gets the size it takes."""
-        if self.hparams.channels_last is None:
-            strategy = self.trainer.strategy
-            self.use_channels_last(prefers_channels_last(strategy.root_device.type, str(self.trainer.precision)))
+        """Check, before training, that a fixed-size backbone gets the size it takes."""
         image_size = getattr(self.trainer.datamodule, "image_size", None)
         if image_size is not None:
             check_input_size(self.backbone, self.hparams.backbone, int(image_size))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits: ``(B, 1)`` for binary, ``(B, num_classes)`` otherwise."""
-        x = self.preprocess(images)
-        if not self.training and not torch.is_grad_enabled() and folds_batchnorm(self.hparams.fold_batchnorm, x.device.type):
-            return self._batchnorm_folding()(x)
-        return self.backbone(x)
+    def layer_groups(self) -> LayerGroups:
+        """Ordered ``{group: [parameter names]}`` from timm's ``group_matcher``; the head is last.
 
-    def _batchnorm_folding(self) -> BatchNormFolding:
-        """The folded eval forward of the current backbone (made again if the backbone was replaced)."""
-        folding = self.__dict__.get("_folding")
-        if folding is None or folding.module is not self.backbone:
-            folding = self.__dict__["_folding"] = BatchNormFolding(self.backbone)
-        return folding
-
-    def layer_groups(self, num_groups: int | None = None) -> LayerGroups:
-        """Ordered ``{group: [parameter names]}`` from timm's ``group_matcher``; the head is last."""
-        return timm_layer_groups(self.backbone, num_groups or self.hparams.num_groups, prefix="backbone")
+        The one home of the layer groups: the optimizer and every callback read them from here.
+        """
+        return timm_layer_groups(self.backbone, self.hparams.num_groups, prefix="backbone")
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities, averaged over test-time augmentation passes when ``tta`` is on."""
@@ -246,29 +196,24 @@ class SmallMedClassifier(L.LightningModule):
         collection.reset()
 
     def configure_optimizers(self):
+        """One param group per layer group at ``lr`` x its multiplier, then the LR schedule over them."""
         hp = self.hparams
-        kwargs: dict = {"lr": hp.lr, "weight_decay": hp.weight_decay}
+        groups = layer_param_groups(
+            self, self.layer_groups(), hp.lr, multipliers=lr_multipliers(self.trainer, self), weight_decay=hp.weight_decay
+        )
         if hp.optimizer == "sgd":
-            kwargs["momentum"] = hp.momentum
-        # torch's fused SGD starts momentum only when no parameter has any yet: once gradual unfreezing
-        # brings in parameters without a buffer next to ones with it, the step fails (a TypeError deep in
-        # torch). SGD with momentum takes torch's default kernels instead.
-        fusable = hp.optimizer != "sgd" or hp.momentum == 0
-        if hp.fused_optimizer and fusable and fused_kernels_available(self.parameters()):
-            kwargs["fused"] = True
-        optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
-        total = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        else:
+            optimizer = OPTIMIZERS[hp.optimizer](groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         scheduler = build_scheduler(
             hp.lr_schedule,
             optimizer,
-            total,
-            steps_per_epoch,
+            int(self.trainer.estimated_stepping_batches),
             pct_start=hp.pct_start,
             div_factor=hp.div_factor,
             final_div_factor=hp.final_div_factor,
             plateau_patience=hp.plateau_patience,
-            freeze_epochs=hp.freeze_epochs,
+            frozen_steps=first_unfreezing_step(self.trainer) if hp.lr_schedule == "fastai_fine_tune" else None,
         )
         if scheduler is None:
             return optimizer
@@ -289,21 +234,6 @@ def check_input_size(backbone: nn.Module, name: str, image_size: int) -> None:
             f"{image_size}x{image_size}. HINT: set data.init_args.image_size: {fixed[0]}, or pick a backbone without "
             "a fixed input size (CNNs such as tf_efficientnet_lite0, resnet50, convnext_tiny)"
         )
-
-
-def prefers_channels_last(device_type: str, precision: str) -> bool:
-    """The layout ``channels_last=None`` picks: NHWC on the CPU and for 16-bit GPU runs, NCHW otherwise."""
-    return device_type == "cpu" or (device_type == "cuda" and precision.startswith(("16", "bf16")))
-
-
-def folds_batchnorm(setting: bool | None, device_type: str) -> bool:
-    """Whether eval passes fold BatchNorm: as set, or (``None``) on the CPU only."""
-    return device_type == "cpu" if setting is None else setting
-
-
-def fused_kernels_available(parameters: Iterable[torch.Tensor]) -> bool:
-    """Whether torch's fused optimizer kernels take these parameters: floating point, on CPU or CUDA."""
-    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
 
 
 def tta_views(images: torch.Tensor, crop: float = 0.9) -> list[torch.Tensor]:

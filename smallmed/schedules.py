@@ -39,16 +39,19 @@ def build_scheduler(
     name: str,
     optimizer: Optimizer,
     total_steps: int,
-    steps_per_epoch: int,
     *,
     pct_start: float = 0.3,
     div_factor: float = 25.0,
     final_div_factor: float = 1e4,
     plateau_factor: float = 0.1,
     plateau_patience: int = 3,
-    freeze_epochs: int = 1,
+    frozen_steps: int | None = None,
 ) -> dict | None:
-    """The Lightning ``lr_scheduler`` config for schedule ``name``, or ``None`` for a constant LR."""
+    """The Lightning ``lr_scheduler`` config for schedule ``name``, or ``None`` for a constant LR.
+
+    ``frozen_steps``: for ``fastai_fine_tune``, the step at which the body unfreezes and the second
+    cycle starts (read from the unfreezing callback, the one home of the phases).
+    """
     if name == "constant":
         return None
     if name == "one_cycle":
@@ -65,7 +68,12 @@ def build_scheduler(
         total = max(1, total_steps)
         return {"scheduler": LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))), "interval": "step"}
     if name == "fastai_fine_tune":
-        frozen = freeze_epochs * steps_per_epoch
+        if frozen_steps is None:
+            raise ValueError(
+                "lr_schedule 'fastai_fine_tune' restarts its cycle when the body unfreezes, and nothing unfreezes. "
+                "HINT: add the callback GradualUnfreezing with milestones: [1, 1] and unit: epoch (fastai's freeze_epochs=1)"
+            )
+        frozen = frozen_steps
         total = max(frozen + 1, total_steps)
         return {
             "scheduler": LambdaLR(optimizer, lambda s: fastai_fine_tune_factor(s, frozen, total, pct_start)),

@@ -134,7 +134,7 @@ def test_fit_and_test_tiny_run(tmp_path, make_npz, capsys):
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert any(r.get("val/auroc") for r in rows) and any(r.get("test/auroc") for r in rows)
-    assert any(r.get("lr-Adam") for r in rows)  # LearningRateMonitor is on
+    assert any(r.get("lr-Adam/head") for r in rows)  # LearningRateMonitor is on, one key per layer group
     checkpoints = list((run_dir / "checkpoints").glob("best-epoch*.ckpt"))
     assert len(checkpoints) == 1
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [checkpoints[0].name]  # no partial files

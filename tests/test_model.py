@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from smallmed import schedules, tasks
-from smallmed.model import SmallMedClassifier, folds_batchnorm, prefers_channels_last, tta_views
+from smallmed.callbacks import GradualUnfreezing
+from smallmed.model import SmallMedClassifier, tta_views
 
 FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
 SIZE = 32  # every family above takes 32px (test_vit is built with dynamic_img_size=True)
@@ -167,17 +168,23 @@ def test_layer_groups_cover_backbone_once_head_last(backbone):
 def test_layer_groups_count(num_groups, names):
     model = make_model("test_efficientnet", num_groups=num_groups)
     assert list(model.layer_groups()) == names
-    assert list(make_model("test_efficientnet").layer_groups(num_groups)) == names
     assert all(model.layer_groups().values())
 
 
-def test_layer_groups_too_many_or_too_few():
-    model = make_model("test_resnet")  # stem + 4 stages: at most 5 body groups
-    assert len(model.layer_groups(6)) == 6
+def test_layer_groups_by_stage_and_by_block():
+    stages = make_model("tf_efficientnet_lite0", num_groups="stages").layer_groups()
+    blocks = make_model("tf_efficientnet_lite0", num_groups="blocks").layer_groups()
+    assert list(stages) == [f"stage{i}" for i in range(8)] + ["head"]  # stem, 7 stages, head
+    assert list(blocks) == [f"block{i}" for i in range(17)] + ["head"]  # stem, 16 blocks, head
+    assert sorted(sum(stages.values(), [])) == sorted(sum(blocks.values(), []))
+
+
+def test_layer_groups_too_many_or_too_few_fail_when_the_model_is_made():
+    assert len(make_model("test_resnet", num_groups=6).layer_groups()) == 6  # stem + 4 stages: 5 body groups
     with pytest.raises(ValueError, match=r"has 5 body stages .* cannot make 6 body groups.*num_groups <= 6"):
-        model.layer_groups(7)
+        make_model("test_resnet", num_groups=7)
     with pytest.raises(ValueError, match="num_groups must be at least 2"):
-        make_model("test_resnet", num_groups=1).layer_groups()
+        make_model("test_resnet", num_groups=1)
 
 
 # -------------------------------------------------------------------- TTA
@@ -269,8 +276,6 @@ def test_fit_logs_loss_and_validation_metrics(task):
 
 def test_sgd_with_momentum_runs_through_gradual_unfreezing():
     # torch's fused SGD fails once some parameters have momentum buffers and newly unfrozen ones do not.
-    from smallmed.callbacks import GradualUnfreezing
-
     model = make_model("test_efficientnet", optimizer="sgd", lr=0.05, lr_schedule="constant")
     train, val = loaders("binary")
     t = trainer(max_epochs=3, limit_val_batches=0, callbacks=[GradualUnfreezing(milestones=[1, 2], unit="epoch")])
@@ -309,90 +314,39 @@ def test_other_optimizers(optimizer):
         assert opt.param_groups[0]["momentum"] == 0.9
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-@pytest.mark.parametrize("fused", [True, False])
-def test_fused_optimizer_kernel_is_the_default_and_can_be_turned_off(optimizer, fused):
-    model = make_model("test_resnet", optimizer=optimizer, lr_schedule="constant", fused_optimizer=fused)
+def test_one_param_group_per_layer_group_with_the_callbacks_multipliers_and_no_decay_on_1d():
+    from smallmed.callbacks import DiscriminativeLR
+
+    model = make_model("test_efficientnet", optimizer="adamw", lr=0.01, weight_decay=0.05, lr_schedule="constant")
+    train, val = loaders("binary")
+    t = trainer(limit_val_batches=0, callbacks=[DiscriminativeLR()])
+    t.fit(model, train, val)
+    groups = t.optimizers[0].param_groups
+    assert [g["name"] for g in groups] == ["early", "early/no_decay", "late", "late/no_decay", "head", "head/no_decay"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.01 / 9] * 2 + [0.01 / 3] * 2 + [0.01] * 2)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0] * 3
+    one_d = {id(p) for p in model.parameters() if p.ndim <= 1}
+    assert {id(p) for g in groups[1::2] for p in g["params"]} == one_d
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_without_weight_decay_or_the_callback_each_layer_group_is_one_group_at_the_same_lr():
+    model = make_model("test_resnet", lr=0.01, lr_schedule="constant", num_groups="stages")
     train, val = loaders("binary")
     t = trainer(limit_val_batches=0)
-    before = [p.detach().clone() for p in model.parameters()]
     t.fit(model, train, val)
-    assert bool(t.optimizers[0].param_groups[0].get("fused")) is (fused and optimizer != "sgd")  # SGD: momentum 0.9
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it did step
+    groups = t.optimizers[0].param_groups
+    assert [g["name"] for g in groups] == list(model.layer_groups()) and groups[0]["name"] == "stage0"
+    assert {g["lr"] for g in groups} == {0.01}
 
 
-def test_channels_last_gives_the_nchw_logits():
-    L.seed_everything(0, verbose=False)
-    nhwc = make_model("test_efficientnet", channels_last=True).eval()
-    nchw = make_model("test_efficientnet", channels_last=False).eval()
-    nchw.load_state_dict(nhwc.state_dict())
-    x = images(4, channels=1, size=32)
-    assert nhwc.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
-    assert nhwc.preprocess(x).is_contiguous(memory_format=torch.channels_last)
-    assert not nchw.preprocess(x).is_contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        torch.testing.assert_close(nhwc(x), nchw(x), atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize(("setting", "expected"), [(None, True), (False, False), (True, True)])
-def test_channels_last_default_is_chosen_per_run_and_nhwc_on_the_cpu(setting, expected):
-    model = make_model("test_efficientnet", channels_last=setting)
-    assert model.channels_last is bool(setting)  # outside a Trainer, None is plain NCHW
+def test_adam_betas_and_eps_reach_the_optimizer():
+    model = make_model("test_resnet", optimizer="adamw", betas=(0.9, 0.99), eps=1e-5, lr_schedule="constant")
     train, val = loaders("binary")
-    trainer(limit_val_batches=0).fit(model, train, val)
-    assert model.channels_last is expected
-    assert model.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last) is expected
-
-
-class ValidationLogits(Callback):
-    """The logits of each validation batch, as the model's validation step computed them."""
-
-    def __init__(self) -> None:
-        self.logits: list[torch.Tensor] = []
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.logits.append(pl_module(batch[0]))
-
-
-def test_fold_batchnorm_is_used_in_eval_passes_only_and_gives_the_unfolded_logits():
-    L.seed_everything(0, verbose=False)
-    model = make_model("test_efficientnet", channels_last=True)
-    train, val = loaders("binary")
-    trainer(max_epochs=2, limit_val_batches=0).fit(model, train, val)  # running statistics away from 0/1
-    unfolded = make_model("test_efficientnet", channels_last=True, fold_batchnorm=False)
-    unfolded.load_state_dict(model.state_dict())
-    x = images(4, channels=1, size=32)
-    model.eval(), unfolded.eval()
-    # a hook on the head (HeadReparameterization's dropout is one) must not turn folding off
-    model.backbone.get_classifier().register_forward_pre_hook(lambda module, args: None)
-    with torch.no_grad():
-        folded_logits = model(x)
-        torch.testing.assert_close(folded_logits, unfolded(x), atol=1e-5, rtol=1e-4)
-    assert model._batchnorm_folding().enabled and len(model._batchnorm_folding().pairs) > 3
-    assert not torch.equal(folded_logits, unfolded(x).detach())  # it did take the folded path (other rounding)
-    with torch.enable_grad():  # with gradients (Grad-CAM) the modules run as themselves
-        assert torch.equal(model(x), unfolded(x))
-    seen = ValidationLogits()
-    trainer(callbacks=[seen]).validate(model, val, verbose=False)
-    with torch.no_grad():
-        expected = torch.cat([unfolded(batch[0]) for batch in val])
-    torch.testing.assert_close(torch.cat(seen.logits), expected, atol=1e-5, rtol=1e-4)
-    assert [type(m) for m in model.modules()] == [type(m) for m in unfolded.modules()]
-
-
-@pytest.mark.parametrize(("setting", "device", "expected"), [
-    (None, "cpu", True), (None, "cuda", False), (True, "cuda", True), (False, "cpu", False),
-])
-def test_fold_batchnorm_default_rule(setting, device, expected):
-    assert folds_batchnorm(setting, device) is expected
-
-
-@pytest.mark.parametrize(("device", "precision", "expected"), [
-    ("cpu", "32-true", True), ("cpu", "bf16-mixed", True), ("cuda", "32-true", False),
-    ("cuda", "bf16-mixed", True), ("cuda", "16-mixed", True), ("cuda", "bf16-true", True), ("mps", "32-true", False),
-])
-def test_channels_last_default_rule(device, precision, expected):
-    assert prefers_channels_last(device, precision) is expected
+    t = trainer(limit_val_batches=0)
+    t.fit(model, train, val)
+    group = t.optimizers[0].param_groups[0]
+    assert group["betas"] == (0.9, 0.99) and group["eps"] == 1e-5
 
 
 EPOCHS, STEPS_PER_EPOCH = 3, 2
@@ -402,10 +356,11 @@ EPOCHS, STEPS_PER_EPOCH = 3, 2
 def test_each_lr_schedule_builds_and_runs(schedule):
     L.seed_everything(0, verbose=False)
     lr = 0.01
-    model = make_model("test_resnet", lr=lr, lr_schedule=schedule, freeze_epochs=1, plateau_patience=0)
+    model = make_model("test_resnet", lr=lr, lr_schedule=schedule, plateau_patience=0)
     train, val = loaders("binary", n=8, batch_size=4)
     rec = RecordLR()
-    t = trainer(max_epochs=EPOCHS, callbacks=[rec])
+    phases = [GradualUnfreezing(milestones=[1, 1], unit="epoch")] if schedule == "fastai_fine_tune" else []
+    t = trainer(max_epochs=EPOCHS, callbacks=[rec, *phases])
     t.fit(model, train, val)
     total = EPOCHS * STEPS_PER_EPOCH
     assert len(rec.lrs) == total
@@ -433,8 +388,19 @@ def test_each_lr_schedule_builds_and_runs(schedule):
 def test_build_scheduler_unknown_name():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match="unknown lr_schedule 'linear'; choose one of one_cycle"):
-        schedules.build_scheduler("linear", opt, 10, 5)
-    assert schedules.build_scheduler("constant", opt, 10, 5) is None
+        schedules.build_scheduler("linear", opt, 10)
+    assert schedules.build_scheduler("constant", opt, 10) is None
+
+
+def test_fastai_fine_tune_takes_its_phases_from_the_unfreezing_callback():
+    model = make_model("test_resnet", lr=0.01, lr_schedule="fastai_fine_tune")
+    train, val = loaders("binary")
+    with pytest.raises(ValueError, match="restarts its cycle when the body unfreezes, and nothing unfreezes.*GradualUnfreezing"):
+        trainer(max_epochs=2).fit(model, train, val)
+    rec = RecordLR()
+    t = trainer(max_epochs=EPOCHS, callbacks=[rec, GradualUnfreezing(milestones=[0.5, 0.5])])  # at step 3 of 6
+    t.fit(make_model("test_resnet", lr=0.01, lr_schedule="fastai_fine_tune"), train, val)
+    assert rec.lrs == pytest.approx([0.01 * schedules.fastai_fine_tune_factor(s, 3, 6) for s in range(6)])
 
 
 # --------------------------------------------------------- schedule shapes
