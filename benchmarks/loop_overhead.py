@@ -6,8 +6,8 @@
 Both loops train the same model from the same initial weights on the same in-memory uint8 images,
 through the same data path, smallmed's default: the split is held on the device and each batch is
 gathered and augmented there in one resampling (:mod:`smallmed.datamodules.device_batches`);
-``--no-device-resident`` goes per image through a DataLoader instead. Both step Adam's fused kernel
-(``--no-fused``: torch's default Adam). The raw loop is
+``--no-device-resident`` goes per image through a DataLoader instead. ``--channels-last`` puts both
+models' weights in NHWC order (what ``SpeedUps`` does on the CPU and for 16-bit GPU runs). The raw loop is
 ``gather -> augment -> preprocess -> forward -> loss -> backward -> Adam step`` with no logging;
 smallmed's is ``SmallMedClassifier`` + ``SmallImageDataModule`` in a Lightning ``Trainer`` with the
 paper's callbacks (``DiscriminativeLR``, ``GradualUnfreezing``), the LR monitor, a CSV logger at
@@ -41,6 +41,7 @@ from smallmed import SmallMedClassifier, tasks  # noqa: E402
 from smallmed.callbacks import DiscriminativeLR, GradualUnfreezing  # noqa: E402
 from smallmed.datamodules.base import SmallImageDataModule, Split  # noqa: E402
 from smallmed.datamodules.device_batches import augment_batch  # noqa: E402
+from smallmed.speed.channels_last import to_channels_last  # noqa: E402
 
 
 class SyntheticData(SmallImageDataModule):
@@ -86,7 +87,7 @@ def _sync(device: torch.device) -> None:
 def raw_loop(model: SmallMedClassifier, data: SyntheticData, epochs: int, device: torch.device, bf16: bool) -> float:
     """The fastest plain loop over the same data path; seconds for ``epochs`` after one warm-up epoch."""
     model = model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=model.hparams.fused_optimizer or None)  # as smallmed's
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # torch's default kernels, as smallmed's
     batch = data.batch_size
     labels = torch.as_tensor(data.splits["train"].labels).to(device)
     resident = data.uses_device_batches()
@@ -141,8 +142,6 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device-resident", action=argparse.BooleanOptionalAction, default=True,
                         help="data held on the device, batches augmented there (smallmed's default)")
-    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
-                        help="both loops step Adam's fused kernel (smallmed's default)")
     args = parser.parse_args()
     accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(accelerator)
@@ -151,8 +150,9 @@ def main() -> None:
     data = SyntheticData(args.images, args.size, batch_size=args.batch, device_resident=args.device_resident)
     data.setup("fit")
     torch.manual_seed(0)
-    base = SmallMedClassifier(args.model, pretrained=False, lr=1e-4, lr_schedule="one_cycle", channels_last=args.channels_last,
-                              fused_optimizer=args.fused)
+    base = SmallMedClassifier(args.model, pretrained=False, lr=1e-4, lr_schedule="one_cycle")
+    if args.channels_last:
+        to_channels_last(base)
     raw_times, smallmed_times = [], []
     with tempfile.TemporaryDirectory() as log_dir:
         for _ in range(args.repeats):
@@ -161,7 +161,7 @@ def main() -> None:
     seen = args.epochs * (args.images // args.batch) * args.batch
     raw_ips, smallmed_ips = seen / statistics.median(raw_times), seen / statistics.median(smallmed_times)
     card = torch.cuda.get_device_name() if accelerator == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    layout = ("channels_last" if args.channels_last else "NCHW") + (", fused Adam" if args.fused else "")
+    layout = "channels_last" if args.channels_last else "NCHW"
     print(f"{args.model} {args.size}px batch {args.batch} {args.precision} {layout} on {card}, "
           f"{seen} images timed x {args.repeats}")
     print(f"raw PyTorch loop: {raw_ips:8.1f} images/s  (runs: {', '.join(f'{seen / t:.0f}' for t in raw_times)})")

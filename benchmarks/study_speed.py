@@ -40,14 +40,11 @@ METHODS = {
 
 
 def study_overrides(args: argparse.Namespace) -> list[str]:
-    """The cells' settings: epochs, precision, the loss read back every 50 steps; the memory layout
-    only when ``--channels-last`` / ``--no-channels-last`` asks, so that by default each device
-    gets the model's own choice, as ``train.py study`` gives it."""
-    overrides = ["--trainer.max_epochs", str(args.epochs), "--trainer.log_every_n_steps", "50",
-                 "--trainer.enable_model_summary", "false", "--trainer.precision", args.precision]
-    if args.channels_last is not None:
-        overrides += ["--model.init_args.channels_last", str(args.channels_last).lower()]
-    return overrides
+    """The cells' settings: epochs, precision, the loss read back every 50 steps, and the speed-ups
+    (``--speed-mode``: ``auto``, as ``train.py study`` runs, or ``off``)."""
+    return ["--trainer.max_epochs", str(args.epochs), "--trainer.log_every_n_steps", "50",
+            "--trainer.enable_model_summary", "false", "--trainer.precision", args.precision,
+            "--speed.mode", args.speed_mode]
 
 
 def run(args: argparse.Namespace, workers: int, out_dir: Path) -> dict:
@@ -96,8 +93,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="force the memory layout; by default the model picks it (NHWC on the CPU and for 16-bit GPU runs)")
+    parser.add_argument("--speed-mode", default="auto", choices=["auto", "off"], help="the cells' --speed.mode")
     parser.add_argument("--grid", type=int, default=720, help="grid size to project the wall time for")
     parser.add_argument("--keep", default=None, help="folder to keep the runs' results in (default: a temporary one)")
     return parser
@@ -105,10 +101,9 @@ def arguments() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = arguments().parse_args()
-    layout = {None: "the model's layout", True: "channels_last", False: "NCHW"}[args.channels_last]
     cells = args.seeds * len(args.sizes) * len(args.methods) * 2
     print(f"study speed on {host()}: {cells} cells per worker count ({args.epochs} epochs, sizes {args.sizes}, "
-          f"methods {args.methods}, {args.precision}, {layout})", flush=True)
+          f"methods {args.methods}, {args.precision}, speed {args.speed_mode})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
         results = [run(args, w, root / f"workers{w}") for w in args.workers]

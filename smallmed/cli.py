@@ -32,6 +32,7 @@ from smallmed.datamodules.predict import PredictFolderDataModule
 from smallmed.model import SmallMedClassifier
 from smallmed.prediction import PredictionWriter
 from smallmed.report import RunReport
+from smallmed.speed import SpeedUps
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -56,6 +57,8 @@ class SmallMedCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         # The run's pictures (PNG beside the CSV log, W&B media): --report.heatmaps 16, --report.train_images 0 ...
         parser.add_lightning_class_args(RunReport, "report")
+        # How the run computes, never what: --speed.mode off turns the speed-ups off (smallmed.speed).
+        parser.add_lightning_class_args(SpeedUps, "speed")
         # predict on a folder of new images (the key cannot be "predict": Lightning's predict subcommand has that group):
         # python train.py predict ... --predictions.images new_images/ [--predictions.out x.csv] [--predictions.heatmaps true]
         parser.add_lightning_class_args(PredictionWriter, "predictions")

@@ -67,15 +67,14 @@ def test_print_medians_gives_median_ratios_and_per_seed_paired_ratios(capsys, mo
     assert "per seed 0.50 (0.40 to 0.60)" in ours_line
 
 
-def test_study_speed_leaves_the_memory_layout_to_the_model_unless_asked(monkeypatch):
+def test_study_speed_runs_the_cells_with_the_speed_ups_unless_asked(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from study_speed import arguments, study_overrides
 
-    assert "--model.init_args.channels_last" not in study_overrides(arguments().parse_args([]))
-    forced = study_overrides(arguments().parse_args(["--no-channels-last"]))
-    assert forced[forced.index("--model.init_args.channels_last") + 1] == "false"
-    forced = study_overrides(arguments().parse_args(["--channels-last"]))
-    assert forced[forced.index("--model.init_args.channels_last") + 1] == "true"
+    default = study_overrides(arguments().parse_args([]))
+    assert default[default.index("--speed.mode") + 1] == "auto"
+    off = study_overrides(arguments().parse_args(["--speed-mode", "off"]))
+    assert off[off.index("--speed.mode") + 1] == "off"
 
 
 def test_seed_batching_gives_each_model_its_own_gradients_and_prints_both_timings():
@@ -121,7 +120,7 @@ def test_vs_fastai_times_all_three_runs_of_a_seed_and_their_ratios(breastmnist, 
 def test_cpu_fast_path_runs_every_row(breastmnist, lite0_weights):
     out = run("benchmarks/cpu_fast_path.py", "--data", str(breastmnist), "--weights", str(lite0_weights),
               "--seeds", "0", "--epochs", "1")
-    assert out.count("== seed 0 ") == 7
+    assert out.count("== seed 0 ") == 5
 
 
 def test_gpu_benchmarks_script_parses_and_passes_only_known_flags():
