@@ -229,9 +229,9 @@ class SmallImageDataModule(L.LightningDataModule):
         if any(available[c] == 0 for c in empty):
             hint = "the training split itself has none: check the labels or class folders"
         elif self.per_class is not None:
-            hint = "give every class a count of at least 1 in class_counts"
+            hint = "give every class a count of at least 1 in data.init_args.class_counts"
         else:
-            hint = f"use train_size >= {self.num_classes} with sampling: balanced"
+            hint = f"use data.init_args.train_size >= {self.num_classes} with data.init_args.sampling: balanced"
         how = f"train_size={self.train_size}, {self.sampling} sampling"
         if self.per_class is not None:
             how = f"class_counts={self.per_class}"

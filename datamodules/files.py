@@ -40,6 +40,23 @@ from smallmed.datamodules.splits import (
 from smallmed.datamodules.transforms import resize_uint8
 
 OnBadImage = Literal["error", "skip"]
+
+
+def data_path(module: str, path: str | None, old_name: str, old_value: str | None, what: str) -> Path:
+    """The data's location, ``path`` in every data module; ``old_name`` is its deprecated alias."""
+    if old_value is not None:
+        warnings.warn(
+            f"{module}({old_name}=...) is deprecated: every data module takes its data's location as `path`. "
+            f"HINT: data.init_args.path: {old_value}",
+            FutureWarning,
+            stacklevel=3,
+        )
+        if path is not None and str(path) != str(old_value):
+            raise ValueError(f"{module} got both path={path!r} and the deprecated {old_name}={old_value!r}; give path only")
+        path = old_value
+    if path is None:
+        raise ValueError(f"{module} needs `path`: {what}. HINT: data.init_args.path: ...")
+    return Path(path)
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # ITU-R 601, as Pillow's convert("L")
 
 
@@ -207,7 +224,7 @@ class ImageFilesDataModule(SmallImageDataModule):
                     image, digest = read_image_and_digest(path, self.value_range)
                 except BadImageError as err:
                     if self.on_bad_image == "error":
-                        hint = "HINT: set on_bad_image: skip to leave unreadable files out"
+                        hint = "HINT: set data.init_args.on_bad_image: skip to leave unreadable files out"
                         raise BadImageError(path, f"{err.reason}. {hint}") from err
                     self.skipped.append((path, err.reason))
                     continue

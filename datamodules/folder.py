@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smallmed.datamodules.files import ImageCatalog, ImageFilesDataModule
+from smallmed.datamodules.files import ImageCatalog, ImageFilesDataModule, data_path
 from smallmed.datamodules.images import image_kind
 from smallmed.datamodules.splits import normalise_split_name
 
@@ -18,12 +18,12 @@ from smallmed.datamodules.splits import normalise_split_name
 class ImageFolderDataModule(ImageFilesDataModule):
     """A folder of class folders, trained exactly like an npz file (same subset sampling, loaders, model).
 
-    Layouts (found by looking at ``root``):
+    Layouts (found by looking at ``path``):
 
-    - ``root/<class>/<images>``: the module splits the pool into train / val / test once
+    - ``path/<class>/<images>``: the module splits the pool into train / val / test once
       (``val_fraction``, ``test_fraction``, ``split_seed``), stratified by class and, with
       ``patient_pattern``, grouped by patient.
-    - ``root/{train,val,test}/<class>/<images>``: the given splits are kept (``valid`` /
+    - ``path/{train,val,test}/<class>/<images>``: the given splits are kept (``valid`` /
       ``validation`` count as ``val``; without a val folder, ``val_fraction`` of train is held out).
 
     Images may sit in sub-folders of a class folder (e.g. one per patient). PNG, JPEG and DICOM
@@ -32,7 +32,7 @@ class ImageFolderDataModule(ImageFilesDataModule):
     gives the order: for two classes the second is the positive class of the binary metrics.
 
     Args:
-        root: the data folder.
+        path: the data folder.
         classes: class folder names in label order; folders not listed are ignored (with a warning).
         patient_pattern: regular expression searched in each image's path relative to its class
             folder (``/``-separated); its ``patient`` group, else its first group, else the whole match
@@ -42,6 +42,7 @@ class ImageFolderDataModule(ImageFilesDataModule):
         **kwargs: see :class:`~smallmed.datamodules.files.ImageFilesDataModule` (splits, bad images,
             16-bit / DICOM ranges, channels) and :class:`~smallmed.datamodules.base.SmallImageDataModule`
             (``train_size``, ``sampling``, ``seed``, ``image_size``...).
+        root: deprecated name of ``path``.
 
     Example:
         >>> dm = ImageFolderDataModule("xrays/", train_size=100, patient_pattern=r"person(\\d+)_")  # doctest: +SKIP
@@ -50,13 +51,14 @@ class ImageFolderDataModule(ImageFilesDataModule):
 
     def __init__(
         self,
-        root: str,
+        path: str | None = None,
         classes: list[str] | None = None,
         patient_pattern: str | None = None,
+        root: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.root = Path(root)
+        self.path = data_path(type(self).__name__, path, "root", root, "the folder of class folders")
         self.classes = list(classes) if classes is not None else None
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes has duplicates: {self.classes}")
@@ -66,25 +68,25 @@ class ImageFolderDataModule(ImageFilesDataModule):
             raise ValueError(f"patient_pattern {patient_pattern!r} is not a valid regular expression: {err}") from err
 
     def source_name(self) -> str:
-        return str(self.root)
+        return str(self.path)
 
     def build_catalog(self) -> ImageCatalog:
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.root}")
-        top = _subfolders(self.root)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.path}")
+        top = _subfolders(self.path)
         split_dirs = {name: normalise_split_name(name) for name in top}
         given = {name: split for name, split in split_dirs.items() if split is not None}
         if "train" in given.values():
             others = sorted(set(top) - set(given))
             if others:
                 raise ValueError(
-                    f"{self.root} mixes split folders {sorted(given)} with other folders {others}; use either "
+                    f"{self.path} mixes split folders {sorted(given)} with other folders {others}; use either "
                     "root/<class>/ or root/{train,val,test}/<class>/"
                 )
-            class_dirs = {split: {c: self.root / d / c for c in _subfolders(self.root / d)} for d, split in given.items()}
+            class_dirs = {split: {c: self.path / d / c for c in _subfolders(self.path / d)} for d, split in given.items()}
             origin = f"given by the folders {', '.join(sorted(given))}"
         else:
-            class_dirs = {None: {c: self.root / c for c in top}}
+            class_dirs = {None: {c: self.path / c for c in top}}
             origin = ""
         names = self._class_list(class_dirs)
 
@@ -108,7 +110,7 @@ class ImageFolderDataModule(ImageFilesDataModule):
         if unknown:
             kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(unknown.items()))
             warnings.warn(
-                f"{self.root}: ignored {sum(unknown.values())} file(s) of unknown type ({kinds}), e.g. {unknown_example}; "
+                f"{self.path}: ignored {sum(unknown.values())} file(s) of unknown type ({kinds}), e.g. {unknown_example}; "
                 "PNG, JPEG and DICOM are read",
                 UserWarning,
                 stacklevel=2,
@@ -129,14 +131,14 @@ class ImageFolderDataModule(ImageFilesDataModule):
         found = sorted({c for dirs in class_dirs.values() for c in dirs})
         if self.classes is None:
             if not found:
-                raise ValueError(f"{self.root} holds no class folders; expected root/<class>/<images>")
+                raise ValueError(f"{self.path} holds no class folders; expected path/<class>/<images>")
             return found
         missing = [c for c in self.classes if c not in found]
         if missing:
-            raise ValueError(f"{self.root}: no folder for class(es) {missing}; class folders found: {found}")
+            raise ValueError(f"{self.path}: no folder for class(es) {missing}; class folders found: {found}")
         ignored = [c for c in found if c not in self.classes]
         if ignored:
-            message = f"{self.root}: class folders {ignored} are not in classes {self.classes}; ignored"
+            message = f"{self.path}: class folders {ignored} are not in classes {self.classes}; ignored"
             warnings.warn(message, UserWarning, stacklevel=3)
         return list(self.classes)
 

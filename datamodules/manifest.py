@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smallmed.datamodules.files import ImageCatalog, ImageFilesDataModule
+from smallmed.datamodules.files import ImageCatalog, ImageFilesDataModule, data_path
 from smallmed.datamodules.images import image_kind
 from smallmed.datamodules.splits import normalise_split_name
 
@@ -33,7 +33,7 @@ class ManifestDataModule(ImageFilesDataModule):
       without val rows, ``val_fraction`` of train is held out. Without the column the module splits.
 
     Args:
-        csv_path: the manifest.
+        path: the manifest (CSV file).
         image_root: folder the relative paths start from (default: the CSV's folder).
         path_column: column of image paths.
         label_column: column of labels.
@@ -44,6 +44,7 @@ class ManifestDataModule(ImageFilesDataModule):
             the cells (set it explicitly when a subset might hold no multi-label row).
         classes: class names in label order; labels outside them are errors naming the row.
         delimiter: the CSV field delimiter (``;`` for some spreadsheet exports).
+        csv_path: deprecated name of ``path``.
         **kwargs: see :class:`~smallmed.datamodules.files.ImageFilesDataModule` and
             :class:`~smallmed.datamodules.base.SmallImageDataModule`.
 
@@ -53,7 +54,7 @@ class ManifestDataModule(ImageFilesDataModule):
 
     def __init__(
         self,
-        csv_path: str,
+        path: str | None = None,
         image_root: str | None = None,
         path_column: str = "path",
         label_column: str = "label",
@@ -63,11 +64,12 @@ class ManifestDataModule(ImageFilesDataModule):
         multi_label: bool | None = None,
         classes: list[str] | None = None,
         delimiter: str = ",",
+        csv_path: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.csv_path = Path(csv_path)
-        self.image_root = Path(image_root) if image_root is not None else self.csv_path.parent
+        self.path = data_path(type(self).__name__, path, "csv_path", csv_path, "the CSV manifest")
+        self.image_root = Path(image_root) if image_root is not None else self.path.parent
         self.path_column = path_column
         self.label_column = label_column
         self.patient_column = patient_column
@@ -80,24 +82,24 @@ class ManifestDataModule(ImageFilesDataModule):
             raise ValueError(f"classes has duplicates: {self.classes}")
 
     def source_name(self) -> str:
-        return str(self.csv_path)
+        return str(self.path)
 
     def _where(self, row: int) -> str:
-        return f"{self.csv_path} row {row}"
+        return f"{self.path} row {row}"
 
     def _read_rows(self) -> list[tuple[int, dict[str, str]]]:
-        if not self.csv_path.is_file():
-            raise FileNotFoundError(f"manifest not found: {self.csv_path}")
-        with self.csv_path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+        if not self.path.is_file():
+            raise FileNotFoundError(f"manifest not found: {self.path}")
+        with self.path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
             reader = csv.DictReader(f, delimiter=self.delimiter)
             header = reader.fieldnames or []
             wanted = [c for c in (self.path_column, self.label_column, self.patient_column, self.split_column) if c]
             missing = [c for c in wanted if c not in header]
             if missing:
-                raise ValueError(f"{self.csv_path} lacks the column(s) {missing}; its columns are {header}")
+                raise ValueError(f"{self.path} lacks the column(s) {missing}; its columns are {header}")
             rows = [(number, row) for number, row in enumerate(reader, start=2)]
         if not rows:
-            raise ValueError(f"{self.csv_path} lists no images")
+            raise ValueError(f"{self.path} lists no images")
         return rows
 
     def build_catalog(self) -> ImageCatalog:
@@ -138,7 +140,7 @@ class ManifestDataModule(ImageFilesDataModule):
         if unknown:
             kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(unknown.items()))
             warnings.warn(
-                f"{self.csv_path}: ignored {sum(unknown.values())} row(s) of unknown file type ({kinds}), e.g. "
+                f"{self.path}: ignored {sum(unknown.values())} row(s) of unknown file type ({kinds}), e.g. "
                 f"{unknown_example}; PNG, JPEG and DICOM are read",
                 UserWarning,
                 stacklevel=2,

@@ -49,7 +49,7 @@ class NpzDataModule(SmallImageDataModule):
             else:
                 raise FileNotFoundError(
                     f"npz data file not found: {self.path}. HINT: put the file there (the shared copies live in "
-                    "../shared/data), or set `data.download: true` with the `medmnist` package and a network"
+                    "../shared/data), or set `data.init_args.download: true` with the `medmnist` package and a network"
                 )
         try:
             data = np.load(self.path)

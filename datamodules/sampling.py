@@ -106,7 +106,7 @@ def sample_subset(
             if count < need:
                 raise SubsetTooLargeError(
                     f"{describe(int(c))} holds {count} training images; a balanced subset of {size} "
-                    f"needs {need} of it. HINT: use train_size <= {count * len(classes) + i} or sampling: stratified"
+                    f"needs {need} of it. HINT: use data.init_args.train_size <= {count * len(classes) + i} or data.init_args.sampling: stratified"
                 )
     return np.sort(subset_order(labels, seed, sampling)[:size])
 

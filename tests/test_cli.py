@@ -32,13 +32,13 @@ def run_exit(args: list[str]) -> int:
 def tiny_run_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
     return [
         "--model=smallmed.SmallMedClassifier",
-        "--model.backbone=test_resnet",
-        "--model.pretrained=false",
-        "--model.lr=0.01",
+        "--model.init_args.backbone=test_resnet",
+        "--model.init_args.pretrained=false",
+        "--model.init_args.lr=0.01",
         "--data=smallmed.datamodules.NpzDataModule",
-        f"--data.path={data}",
-        "--data.image_size=32",
-        "--data.batch_size=4",
+        f"--data.init_args.path={data}",
+        "--data.init_args.image_size=32",
+        "--data.init_args.batch_size=4",
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",
         "--trainer.max_epochs=1",
@@ -62,6 +62,7 @@ def test_help_lists_model_data_and_trainer_options(capsys):
 
 
 def test_class_help_lists_init_args(capsys):
+    # jsonargparse's class help prints the keys without `init_args` (both spellings parse).
     assert run_exit(["--model.help", "SmallMedClassifier"]) == 0
     out = capsys.readouterr().out
     for option in ("--model.backbone", "--model.pretrained", "--model.lr_schedule", "one_cycle,constant,plateau"):
@@ -89,7 +90,7 @@ def test_print_config_resolves_the_demo(capsys):
 
 
 def test_print_config_applies_flags(capsys):
-    assert run_exit(["--config", str(DEMO), "--data.train_size", "100", "--model.lr_schedule", "cosine", "--print_config"]) == 0
+    assert run_exit(["--config", str(DEMO), "--data.init_args.train_size", "100", "--model.init_args.lr_schedule", "cosine", "--print_config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["data"]["init_args"]["train_size"] == 100
     assert config["model"]["init_args"]["lr_schedule"] == "cosine"
@@ -113,7 +114,7 @@ def test_config_file_typo_is_an_error(tmp_path, capsys):
 
 
 def test_bad_choice_is_an_error(capsys):
-    assert run_exit(["--config", str(DEMO), "--model.lr_schedule", "linear", "--print_config"]) == 2
+    assert run_exit(["--config", str(DEMO), "--model.init_args.lr_schedule", "linear", "--print_config"]) == 2
     assert "lr_schedule" in capsys.readouterr().err
 
 
@@ -122,7 +123,7 @@ def test_bad_choice_is_an_error(capsys):
 
 def test_fit_and_test_tiny_run(tmp_path, make_npz, capsys):
     data = make_npz(train=(8, 8), val=(4, 4), test=(5, 5))
-    metrics = fit_and_test(tiny_run_args(tmp_path, data, "--data.train_size=8", "--trainer.max_epochs=2"))
+    metrics = fit_and_test(tiny_run_args(tmp_path, data, "--data.init_args.train_size=8", "--trainer.max_epochs=2"))
     assert 0.0 <= metrics["test/auroc"] <= 1.0
     assert {"test/acc", "test/f1"} <= set(metrics)
     out = capsys.readouterr().out
@@ -167,7 +168,7 @@ def test_run_without_checkpointing_tests_the_last_weights(tmp_path, make_npz, ca
 def test_sanity_check_on_part_of_a_class_sorted_val_split_is_quiet(tmp_path, make_npz, recwarn):
     # The sanity pass sees 2 eval batches of 4: class 0 only. Its per-class AUROC used to warn.
     data = make_npz(train=(4, 4, 4), val=(8, 8, 8), test=(2, 2, 2))
-    metrics = fit_and_test(tiny_run_args(tmp_path, data, "--data.eval_batch_size=4", "--trainer.num_sanity_val_steps=2"))
+    metrics = fit_and_test(tiny_run_args(tmp_path, data, "--data.init_args.eval_batch_size=4", "--trainer.num_sanity_val_steps=2"))
     assert 0.0 <= metrics["test/auroc"] <= 1.0
     assert not [w for w in recwarn if "No positive samples" in str(w.message)]
 
@@ -182,10 +183,10 @@ def test_real_breastmnist_with_lite0_weights(tmp_path, breastmnist, lite0_weight
     args = [
         "--config",
         str(DEMO),
-        f"--model.pretrained={lite0_weights}",
-        f"--data.path={breastmnist}",
-        "--data.train_size=50",
-        "--data.image_size=32",
+        f"--model.init_args.pretrained={lite0_weights}",
+        f"--data.init_args.path={breastmnist}",
+        "--data.init_args.train_size=50",
+        "--data.init_args.image_size=32",
         "--trainer.max_epochs=2",
         "--trainer.accelerator=cpu",
         f"--trainer.default_root_dir={tmp_path}",

@@ -450,17 +450,17 @@ def test_fine_tune_from_a_folder_with_the_cli(tmp_path, monkeypatch, capsys):
     metrics = fit_and_test(
         [
             "--model=smallmed.SmallMedClassifier",
-            "--model.backbone=test_resnet",
-            "--model.pretrained=false",
-            "--model.lr=0.01",
+            "--model.init_args.backbone=test_resnet",
+            "--model.init_args.pretrained=false",
+            "--model.init_args.lr=0.01",
             "--data=smallmed.datamodules.ImageFolderDataModule",
-            f"--data.root={root}",
-            f"--data.patient_pattern={PATIENT_PATTERN}",
-            "--data.train_size=16",
-            "--data.val_fraction=0.25",
-            "--data.test_fraction=0.25",
-            "--data.image_size=32",
-            "--data.batch_size=8",
+            f"--data.init_args.path={root}",
+            f"--data.init_args.patient_pattern={PATIENT_PATTERN}",
+            "--data.init_args.train_size=16",
+            "--data.init_args.val_fraction=0.25",
+            "--data.init_args.test_fraction=0.25",
+            "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=8",
             "--trainer.accelerator=cpu",
             "--trainer.devices=1",
             "--trainer.max_epochs=1",
@@ -477,3 +477,13 @@ def test_fine_tune_from_a_folder_with_the_cli(tmp_path, monkeypatch, capsys):
     hparams = yaml.safe_load((tmp_path / "logs" / "smallmed" / "version_0" / "hparams.yaml").read_text())
     assert hparams["data/train/bacterial"] == 8 and hparams["data/train/viral"] == 8
     assert hparams["data/val/total"] > 0 and hparams["data/test/total"] > 0
+
+
+def test_root_is_a_deprecated_alias_of_path(tmp_path):
+    with pytest.warns(FutureWarning, match=r"ImageFolderDataModule\(root=...\) is deprecated.*HINT: data.init_args.path: x"):
+        dm = ImageFolderDataModule(root="x")
+    assert dm.path == Path("x")
+    with pytest.raises(ValueError, match="needs `path`: the folder of class folders"):
+        ImageFolderDataModule()
+    with pytest.raises(ValueError, match="got both path='a' and the deprecated root='b'"), pytest.warns(FutureWarning):
+        ImageFolderDataModule("a", root="b")

@@ -244,3 +244,11 @@ def test_corrupt_image_in_a_manifest_is_skipped_when_asked(kermany_images, tmp_p
     with pytest.warns(UserWarning, match=rf"skipped 1 unreadable image\(s\): {tmp_path / '3.png'}"):
         dm = setup(path, val_fraction=0.25, test_fraction=0.25, on_bad_image="skip")
     assert sum(len(s.labels) for s in dm.splits.values()) == 19
+
+
+def test_csv_path_is_a_deprecated_alias_of_path(tmp_path):
+    with pytest.warns(FutureWarning, match=r"ManifestDataModule\(csv_path=...\) is deprecated.*HINT: data.init_args.path"):
+        dm = ManifestDataModule(csv_path=str(tmp_path / "labels.csv"))
+    assert dm.path == tmp_path / "labels.csv" and dm.image_root == tmp_path
+    with pytest.raises(ValueError, match="needs `path`: the CSV manifest"):
+        ManifestDataModule()

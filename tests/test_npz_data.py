@@ -141,7 +141,7 @@ def test_a_class_without_training_images_is_named_with_a_hint(make_npz):
     path = make_npz(train=(6, 6, 6), val=(2, 2, 2), test=(2, 2, 2))
     names = ["normal", "bacterial", "viral"]
     with pytest.raises(ValueError, match=r"train_size=2, balanced sampling, seed 0\) has no image of class "
-                                         r"'viral' \(label 2, 6 in the training split\)\. HINT: use train_size >= 3"):
+                                         r"'viral' \(label 2, 6 in the training split\)\. HINT: use data.init_args.train_size >= 3"):
         setup_dm(path, train_size=2, class_names=names)
     with pytest.raises(ValueError, match=r"class_counts=\{0: 2, 2: 2\}, seed 0\) has no image of class 'bacterial'.*"
                                          r"HINT: give every class a count of at least 1"):

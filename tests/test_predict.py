@@ -44,9 +44,9 @@ def trained(tmp_path_factory) -> dict:
     data = root / "breast.npz"
     np.savez(data, **arrays)
     main([
-        "fit", "--model=smallmed.SmallMedClassifier", "--model.backbone=test_resnet", "--model.pretrained=false",
-        "--data=smallmed.datamodules.NpzDataModule", f"--data.path={data}", "--data.image_size=32",
-        "--data.batch_size=4", f"--data.class_names={CLASSES}", "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "fit", "--model=smallmed.SmallMedClassifier", "--model.init_args.backbone=test_resnet", "--model.init_args.pretrained=false",
+        "--data=smallmed.datamodules.NpzDataModule", f"--data.init_args.path={data}", "--data.init_args.image_size=32",
+        "--data.init_args.batch_size=4", f"--data.init_args.class_names={CLASSES}", "--trainer.accelerator=cpu", "--trainer.devices=1",
         "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root / 'logs'}",
         "--report.train_images=0",
