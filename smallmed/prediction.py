@@ -8,7 +8,7 @@ model's ``predict_proba``, so the model's ``tta`` setting applies. Files that ca
 listed in ``<out>.unreadable.csv`` (file, reason) and one warning; the run goes on.
 
 With ``--predictions.heatmaps true``, each image also gets ``<out stem>_heatmaps/<file>.heatmap.png``:
-the class-activation heatmap of its predicted class over the image (see :mod:`smallmed.gradcam`;
+the class-activation heatmap of its predicted class over the image (see :mod:`smallmed.report.gradcam`;
 images under 128 px are enlarged by a whole factor, pixel for pixel, to be seen),
 and the first few are logged to W&B as ``predict/heatmaps`` when a ``WandbLogger`` is configured.
 """
@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
 from smallmed.datamodules.predict import ImagesToPredict
-from smallmed.gradcam import CamMethod, classifier_heatmaps, overlay
+from smallmed.report.gradcam import CamMethod, classifier_heatmaps, overlay
 
 WANDB_HEATMAPS = 16  # heatmaps logged to W&B per predict run (all are written as files)
 VIEW_SIZE = 128  # heatmap files of smaller images are enlarged by a whole factor (nearest) to at least this

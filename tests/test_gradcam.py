@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from helpers_head import single_thread
 
-from smallmed.gradcam import class_activation_maps, classifier_heatmaps, overlay, target_layer
 from smallmed.model import SmallMedClassifier
+from smallmed.report.gradcam import class_activation_maps, classifier_heatmaps, overlay, target_layer
 
 CNNS = ("test_resnet", "test_efficientnet", "test_convnext", "tf_efficientnet_lite0")
 

@@ -8,7 +8,6 @@ matplotlib's global state or needs a display, and it is safe inside any training
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -161,13 +160,3 @@ def _runs(values: Sequence[bool]) -> list[tuple[int, int, bool]]:
         else:
             runs.append((i, i + 1, bool(value)))
     return runs
-
-
-def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    """A CSV file with a header row."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    return path

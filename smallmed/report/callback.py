@@ -14,8 +14,8 @@ as ``--report.*``) records:
 - **at test end**: the ROC curve (one curve per class for multiclass and multi-label),
   the confusion matrix (one 2x2 matrix per label for multi-label), the per-class AUC table
   (``per_class_auc.csv`` / ``test/per_class_auc``), the most confidently wrong test images, and
-  class-activation heatmaps (:mod:`smallmed.gradcam`) of the first test images; then a short table of
-  the test metrics on the console.
+  class-activation heatmaps (:mod:`smallmed.report.gradcam`) of the first test images; then a short
+  table of the test metrics on the console.
 
 The PNG and CSV files are always written, into ``<CSV log version dir>/report/`` (the W&B run's own
 folder when W&B is the only logger); with a ``WandbLogger`` the same files are logged as media.
@@ -26,7 +26,6 @@ the handful of images shown in panels are kept in memory.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,98 +37,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from smallmed import plots
 from smallmed.callbacks.host_scalars import log_host_scalars
-from smallmed.gradcam import CamMethod, NoFeatureMapError, classifier_heatmaps, overlay
-
-
-# ----------------------------------------------------------------- the numbers
-def predicted_classes(task: str, probs: torch.Tensor) -> torch.Tensor:
-    """One class per image: ``p >= 0.5`` (binary), argmax (multiclass), most probable label (multilabel)."""
-    if task == "binary":
-        return (probs >= 0.5).long()
-    return probs.argmax(dim=1)
-
-
-def confidently_wrong(task: str, probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(wrong, confidence)`` per image: wrong at the 0.5 / argmax decision, and how sure the model was.
-
-    Confidence is the probability given to the wrong answer: the predicted class's probability
-    (binary, multiclass), or for multi-label the largest probability put on a wrong side of 0.5.
-    """
-    targets = targets.long()
-    if task == "multilabel":
-        wrong_side = torch.where(targets.bool(), 1 - probs, probs)  # probability of the wrong answer per label
-        errors = (probs >= 0.5).long() != targets
-        confidence = torch.where(errors, wrong_side, torch.zeros_like(wrong_side)).amax(dim=1)
-        return errors.any(dim=1), confidence
-    predicted = predicted_classes(task, probs)
-    confidence = torch.where(predicted.bool(), probs, 1 - probs) if task == "binary" else probs.amax(dim=1)
-    return predicted != targets, confidence
-
-
-def one_vs_rest(task: str, probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores and 0/1 targets ``(N, K)`` per class: binary as two columns ``1 - p`` and ``p``."""
-    targets = targets.long()
-    if task == "binary":
-        return torch.stack([1 - probs, probs], dim=1), torch.stack([1 - targets, targets], dim=1)
-    if task == "multiclass":
-        return probs, torch.nn.functional.one_hot(targets, num_classes)
-    return probs, targets
-
-
-@dataclass
-class ClassCurve:
-    """One class's ROC curve and AUC (``nan`` without both positives and negatives)."""
-
-    name: str
-    auc: float
-    positives: int
-    negatives: int
-    fpr: np.ndarray = field(repr=False)
-    tpr: np.ndarray = field(repr=False)
-
-
-def class_curves(task: str, probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> list[ClassCurve]:
-    """ROC curve and AUC per class (one-vs-rest; for binary both classes, with equal AUCs)."""
-    from torchmetrics.functional.classification import binary_auroc, binary_roc
-
-    scores, truth = one_vs_rest(task, probs.float(), targets, len(class_names))
-    out = []
-    for k, name in enumerate(class_names):
-        s, t = scores[:, k], truth[:, k]
-        pos = int(t.sum())
-        neg = len(t) - pos
-        if pos == 0 or neg == 0:  # AUC undefined: say so instead of a misleading 0 or 0.5
-            out.append(ClassCurve(name, float("nan"), pos, neg, np.array([]), np.array([])))
-            continue
-        fpr, tpr, _ = binary_roc(s, t)
-        out.append(ClassCurve(name, float(binary_auroc(s, t)), pos, neg, fpr.numpy(), tpr.numpy()))
-    return out
-
-
-def confusion_matrices(task: str, probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict[str, np.ndarray]:
-    """``{panel title: counts}``: one ``(K, K)`` matrix (title ``""``), or one 2x2 (absent / present) per label.
-
-    Rows are the true class, columns the predicted one.
-    """
-    targets = targets.long()
-    if task == "multilabel":
-        predicted = (probs >= 0.5).long()
-        return {
-            name: torch.bincount(targets[:, k] * 2 + predicted[:, k], minlength=4).reshape(2, 2).numpy()
-            for k, name in enumerate(class_names)
-        }
-    k = len(class_names)
-    predicted = predicted_classes(task, probs)
-    return {"": torch.bincount(targets * k + predicted, minlength=k * k).reshape(k, k).numpy()}
-
-
-def _label_text(task: str, target: torch.Tensor, class_names: list[str]) -> str:
-    if task == "multilabel":
-        present = [class_names[i] for i in torch.nonzero(target).reshape(-1).tolist()]
-        return "+".join(present) or "none"
-    return class_names[int(target)]
+from smallmed.report import media, plots
+from smallmed.report.console import label_text, metrics_table, prediction_text
+from smallmed.report.gradcam import CamMethod, NoFeatureMapError, classifier_heatmaps, overlay
+from smallmed.report.numbers import class_curves, confidently_wrong, confusion_matrices, predicted_classes
 
 
 def _to_display(image: torch.Tensor) -> np.ndarray:
@@ -155,7 +67,6 @@ def report_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir) / "report"
 
 
-# ------------------------------------------------------------------ the callback
 class RunReport(Callback):
     """Writes the run's pictures as PNG files and logs them to every ``WandbLogger`` (see the module docstring).
 
@@ -163,7 +74,7 @@ class RunReport(Callback):
         train_images: augmented training images in the start-of-fit grid (0: none).
         wrong_images: most confidently wrong test images in their panel (0: none).
         heatmaps: test images with class-activation heatmaps (0: none).
-        cam_method: ``layercam`` (default) or ``gradcam`` (see :mod:`smallmed.gradcam`).
+        cam_method: ``layercam`` (default) or ``gradcam`` (see :mod:`smallmed.report.gradcam`).
         cam_layer: ``auto`` (deepest stage with a map of at least 7x7), ``final`` or a module name of
             the timm backbone, e.g. ``layer3``.
         console_table: print a short table of the test metrics when testing ends.
@@ -204,20 +115,11 @@ class RunReport(Callback):
     def _dir(self, trainer: L.Trainer) -> Path:
         return self.dir or report_dir(trainer)
 
-    @staticmethod
-    def _wandb(trainer: L.Trainer) -> list[WandbLogger]:
-        return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-
     def _image(self, trainer: L.Trainer, key: str, path: Path, caption: str) -> None:
-        self.files[key] = path
-        for logger in self._wandb(trainer):
-            logger.log_image(key, [str(path)], step=trainer.global_step, caption=[caption])
+        self.files[key] = media.log_image(trainer, key, path, caption)
 
     def _table(self, trainer: L.Trainer, key: str, path: Path, columns: list[str], rows: list[list[Any]]) -> None:
-        plots.write_csv(path, columns, rows)
-        self.files[key] = path
-        for logger in self._wandb(trainer):
-            logger.log_table(key, columns=columns, data=rows, step=trainer.global_step)
+        self.files[key] = media.log_table(trainer, key, path, columns, rows)
 
     # ------------------------------------------------------------ fit start
     @override
@@ -244,7 +146,7 @@ class RunReport(Callback):
                 torch.manual_seed(getattr(dm, "seed", 0))
                 items = [dataset[i] for i in range(count)]
             images = [_to_display(image) for image, _ in items]
-            titles = [_label_text(task, torch.as_tensor(label), names) for _, label in items]
+            titles = [label_text(task, torch.as_tensor(label), names) for _, label in items]
             path = plots.image_grid(images, titles, out / "train_augmented.png", title="augmented training images, as the model sees them")
             self._image(trainer, "data/train_augmented", path, f"{count} augmented training images")
 
@@ -365,7 +267,7 @@ class RunReport(Callback):
             ranked = sorted(self._wrong, key=lambda item: item[:2], reverse=True)
             images = [_to_display(image) for _, _, image, _, _ in ranked]
             titles = [
-                f"true {_label_text(task, t, names)}\n{_prediction_text(task, p, names)}" for _, _, _, t, p in ranked
+                f"true {label_text(task, t, names)}\n{prediction_text(task, p, names)}" for _, _, _, t, p in ranked
             ]
             path = plots.image_grid(images, titles, out / "confident_wrong.png", title="most confidently wrong test images")
             self._image(trainer, "test/confident_wrong", path, f"{len(ranked)} most confidently wrong test images")
@@ -380,7 +282,7 @@ class RunReport(Callback):
                 return
             overlays = [overlay(image, h) for image, h in zip(images, heat)]
             titles = [
-                f"true {_label_text(task, t, names)}\nheat for {names[int(c)]}" for (_, t, _), c in zip(self._explain, classes)
+                f"true {label_text(task, t, names)}\nheat for {names[int(c)]}" for (_, t, _), c in zip(self._explain, classes)
             ]
             path = plots.image_grid(overlays, titles, out / "heatmaps.png", title=f"{self.cam_method} heatmaps of the predicted class")
             self._image(trainer, "test/heatmaps", path, f"{self.cam_method} heatmaps of {len(overlays)} test images")
@@ -388,34 +290,3 @@ class RunReport(Callback):
 
 def _as_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     return image if image.shape[0] == channels else image[:1].expand(channels, -1, -1)
-
-
-def _prediction_text(task: str, probs: torch.Tensor, names: list[str]) -> str:
-    if task == "binary":
-        p = float(probs)
-        return f"pred {names[int(p >= 0.5)]} {max(p, 1 - p):.2f}"
-    if task == "multilabel":
-        present = [f"{names[i]} {float(probs[i]):.2f}" for i in torch.nonzero(probs >= 0.5).reshape(-1).tolist()]
-        return "pred " + ("+".join(present) or "none")
-    k = int(probs.argmax())
-    return f"pred {names[k]} {float(probs[k]):.2f}"
-
-
-def metrics_table(metrics: dict[str, Any], images: int | None = None, prefix: str = "test/") -> str:
-    """A short plain-text table of the ``prefix`` metrics: summary metrics first, then per class.
-
-    Example:
-        >>> print(metrics_table({"test/auroc": 0.91, "test/acc": 0.8}))  # doctest: +NORMALIZE_WHITESPACE
-        test metrics
-          metric    value
-          auroc    0.9100
-          acc      0.8000
-    """
-    values = {k[len(prefix):]: float(v) for k, v in metrics.items() if k.startswith(prefix) and torch.as_tensor(v).numel() == 1}
-    order = ["auroc", "acc", "f1", "loss"]
-    keys = [k for k in order if k in values] + sorted(k for k in values if k not in order)
-    width = max([len("metric"), *map(len, keys)])
-    head = "test metrics" + (f" ({images} images)" if images is not None else "")
-    lines = [head, f"  {'metric':<{width}}  {'value':>7}"]
-    lines += [f"  {k:<{width}}  {values[k]:>7.4f}" for k in keys]
-    return "\n".join(lines)
