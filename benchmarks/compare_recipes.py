@@ -3,8 +3,9 @@ paired differences against the first config, and wall time per run.
 
     python benchmarks/compare_recipes.py configs/paper_recipe.yaml configs/finetune_constant.yaml --seeds 0 1 2 3 4
 
-Every run is ``python train.py --config FILE`` with ``--seed_everything S --data.init_args.seed S``
-(the subset and the training seed move together), in this one process.
+Every run is the config with ``seed_everything`` and ``data.init_args.seed`` set to the seed (the
+subset and the training seed move together), run as a study cell in this one process
+(:func:`smallmed.study.run_spec`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import csv
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smallmed.cli import fit_and_test  # noqa: E402
 from smallmed.stats import fmt_ci, mean_ci, paired_difference  # noqa: E402
+from smallmed.study.runs import RunSpec, csv_logger, flags_to_overrides, run_spec  # noqa: E402
 
 
 def main() -> None:
@@ -29,17 +29,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", default=None, help="CSV file for one row per run")
     args, extra = parser.parse_known_args()  # unknown flags (e.g. --trainer.max_epochs 30) go to every run
+    overrides = flags_to_overrides(extra)
     os.environ.setdefault("WANDB_MODE", "offline")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
             for seed in args.seeds:
-                start = time.perf_counter()
-                metrics = fit_and_test(
-                    ["--config", config, "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-                     "--trainer.logger.init_args.save_dir", tmp, *extra]
-                )
-                wall = time.perf_counter() - start
+                metrics = run_spec(RunSpec([config], overrides={
+                    "seed_everything": seed, "data.init_args.seed": seed, "trainer.logger": csv_logger(tmp), **overrides}))
+                wall = metrics["wall_s"]
                 rows.append({"config": config, "seed": seed, "test_auroc": metrics["test/auroc"], "wall_s": wall})
                 print(f"== {config} seed {seed}: test AUC {metrics['test/auroc']:.4f} in {wall:.1f} s", flush=True)
     if args.out:

@@ -14,7 +14,6 @@ question for many seeds (``compare_recipes.py``).
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -45,16 +44,16 @@ class FusedAdam(Callback):
                 group.update(fused=True, foreach=False)
 
 
-def extra_callback(name: str) -> list[str]:
-    return ["--trainer.callbacks+=" + json.dumps({"class_path": f"cpu_fast_path.{name}"})]
+def extra_callback(name: str) -> dict[str, list[dict[str, str]]]:
+    return {"trainer.callbacks+": [{"class_path": f"cpu_fast_path.{name}"}]}
 
 
-OFF = ["--speed.mode", "off"]
-ROWS = {  # the flags each row passes
-    "speed off, per-image augmentation": [*OFF, "--data.init_args.device_resident", "false"],
+OFF = {"speed.mode": "off"}
+ROWS = {  # the config overrides of each row
+    "speed off, per-image augmentation": {**OFF, "data.init_args.device_resident": False},
     "+ device-resident batched augmentation": OFF,
-    "+ channels_last": [*OFF, *extra_callback("ChannelsLastOnly")],
-    "+ BatchNorm folded for eval (the defaults)": [],
+    "+ channels_last": {**OFF, **extra_callback("ChannelsLastOnly")},
+    "+ BatchNorm folded for eval (the defaults)": {},
     "+ fused Adam (not a default)": extra_callback("FusedAdam"),
 }
 

@@ -88,12 +88,12 @@ def main() -> None:
 
 def plot(cells: dict[tuple, dict[int, float]], out: Path) -> None:
     """The study runner's learning-curve plot, over the merged cells of several studies and the peer."""
-    from smallmed.study import plot_learning_curves
+    from smallmed.study.plots import plot_learning_curves
 
     summary = []
     for (target, source, method, n), values in sorted(cells.items()):
         mean, low, high = mean_ci(list(values.values()))
-        summary.append({"target": target, "source": source, "method": method, "train_size": n,
+        summary.append({"target": target, "source": source, "method": method, "train_size": int(n), "variant": "",
                         "auroc_mean": mean, "auroc_low": low, "auroc_high": high})
     out.mkdir(parents=True, exist_ok=True)
     for path in plot_learning_curves(summary, out):

@@ -39,12 +39,11 @@ METHODS = {
 }
 
 
-def study_overrides(args: argparse.Namespace) -> list[str]:
+def study_overrides(args: argparse.Namespace) -> dict[str, object]:
     """The cells' settings: epochs, precision, the loss read back every 50 steps, and the speed-ups
     (``--speed-mode``: ``auto``, as ``train.py study`` runs, or ``off``)."""
-    return ["--trainer.max_epochs", str(args.epochs), "--trainer.log_every_n_steps", "50",
-            "--trainer.enable_model_summary", "false", "--trainer.precision", args.precision,
-            "--speed.mode", args.speed_mode]
+    return {"trainer.max_epochs": args.epochs, "trainer.log_every_n_steps": 50, "trainer.enable_model_summary": False,
+            "trainer.precision": args.precision, "speed.mode": args.speed_mode}
 
 
 def run(args: argparse.Namespace, workers: int, out_dir: Path) -> dict:

@@ -16,14 +16,13 @@ medians and of each seed's pair of runs, and the machine they were measured on.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -34,22 +33,21 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from fastai_peer import fastai_fine_tune  # noqa: E402
 
-from smallmed.cli import fit_and_test  # noqa: E402
+from smallmed.study.runs import RunSpec, csv_logger, run_spec  # noqa: E402
 
 
 def smallmed_run(
-    data: str, weights: str, seed: int, train_size: int, log_dir: str, study_cell: bool, extra: Sequence[str] = (),
+    data: str, weights: str, seed: int, train_size: int, log_dir: str, study_cell: bool, overrides: Mapping[str, Any] | None = None,
     epochs: int = 20,
 ) -> dict[str, float]:
     """The paper recipe on ``data`` as a ``train.py`` run or a study cell; its test AUC and wall time."""
-    logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": log_dir, "name": ""}}]
-    args = ["--config", str(REPO / "configs/paper_recipe.yaml"), "--data.init_args.path", data,
-            "--data.init_args.train_size", str(train_size), "--data.init_args.seed", str(seed),
-            "--seed_everything", str(seed), "--model.init_args.pretrained", weights, "--trainer.logger", json.dumps(logger),
-            "--trainer.max_epochs", str(epochs), *extra]
-    start = time.perf_counter()
-    metrics = fit_and_test(args, study_cell=study_cell)
-    return {"test_auroc": metrics["test/auroc"], "wall_s": time.perf_counter() - start}
+    spec = RunSpec([str(REPO / "configs/paper_recipe.yaml")], data, {
+        "data.init_args.train_size": train_size, "data.init_args.seed": seed, "seed_everything": seed,
+        "model.init_args.pretrained": weights, "trainer.logger": csv_logger(log_dir), "trainer.max_epochs": epochs,
+        **(overrides or {}),
+    })
+    metrics = run_spec(spec, lean=study_cell)
+    return {"test_auroc": metrics["test/auroc"], "wall_s": metrics["wall_s"]}
 
 
 def task_arguments(doc: str) -> argparse.ArgumentParser:

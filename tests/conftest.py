@@ -132,3 +132,25 @@ def make_npz(tmp_path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+SLURM_SCRIPT = REPO_ROOT / "scripts" / "slurm" / "local_cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """A running one-node SLURM cluster on localhost (``scripts/slurm/local_cluster.sh start``).
+
+    Without root (and no cluster already up) the test is skipped, naming why; with
+    ``SMALLMED_REQUIRE_SLURM=1`` (set by ``.ci/run``) a cluster that cannot start fails it instead.
+    """
+    import subprocess
+
+    done = subprocess.run(["bash", str(SLURM_SCRIPT), "start"], capture_output=True, text=True, timeout=600)
+    if done.returncode == 0:
+        return done.stdout
+    why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    message = f"no local SLURM cluster: {SLURM_SCRIPT.name} start exited {done.returncode}: {why[0]}"
+    if os.environ.get("SMALLMED_REQUIRE_SLURM") == "1":
+        pytest.fail(message)
+    pytest.skip(message + " (as root it installs and starts one)")

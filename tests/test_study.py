@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smallmed.cli import main as cli_main
-from smallmed.study import load_study_config, paired_comparisons, summarize
+from smallmed.study import load_study_config
+from smallmed.study import main as study_main
+from smallmed.study.summary import paired_comparisons, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model.init_args.backbone", "test_efficientnet", "--trainer.max_epochs", "1",
@@ -44,7 +45,7 @@ def rows(out: Path) -> list[dict]:
 
 def test_small_study_runs_reports_and_resumes(tmp_path, breastmnist, capsys):
     config = write_study(tmp_path, breastmnist)
-    cli_main(["study", "--config", str(config)])
+    study_main(["--config", str(config)])
     out = tmp_path / "study"
     results = rows(out)
     assert len(results) == 6 and {r["status"] for r in results} == {"ok"}
@@ -60,7 +61,7 @@ def test_small_study_runs_reports_and_resumes(tmp_path, breastmnist, capsys):
     assert not list((out / "logs").rglob("*.ckpt")), "target runs' checkpoints are removed by default"
 
     capsys.readouterr()
-    cli_main(["study", "--config", str(config)])  # resume: everything is done
+    study_main(["--config", str(config)])  # resume: everything is done
     assert "0 to run" in capsys.readouterr().out
     assert len(rows(out)) == 6
 
@@ -68,7 +69,7 @@ def test_small_study_runs_reports_and_resumes(tmp_path, breastmnist, capsys):
 def test_a_crashing_cell_is_recorded_and_the_rest_go_on(tmp_path, breastmnist):
     config = write_study(tmp_path, breastmnist, seeds=[0], comparisons=[], methods={
         "broken": str(tmp_path / "broken.yaml"), "constant": str(REPO / "configs/finetune_constant.yaml")})
-    cli_main(["study", "--config", str(config)])
+    study_main(["--config", str(config)])
     by_method = {r["method"]: r for r in rows(tmp_path / "study")}
     assert by_method["broken"]["status"] == "error" and "no_such_schedule" in by_method["broken"]["error"]
     assert by_method["constant"]["status"] == "ok"
@@ -83,9 +84,8 @@ def test_source_stage_is_fitted_once_cached_and_used(tmp_path, breastmnist, shar
         sources={}, comparisons=[],
         source_stages={"knee": {"config": str(REPO / "configs/finetune_constant.yaml"), "data": str(knee), "args": stage_args}},
     )
-    cli_main(["study", "--config", str(config)])
-    cached = tmp_path / "study" / "sources" / "knee.ckpt"
-    assert cached.is_file()
+    study_main(["--config", str(config)])
+    (cached,) = (tmp_path / "study" / "sources").glob("knee-*.ckpt")  # keyed by the stage's settings
     (result,) = rows(tmp_path / "study")
     assert result["source"] == "knee" and result["status"] == "ok"
 
@@ -106,10 +106,9 @@ def test_paired_comparison_of_sources_uses_matching_seeds():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"sizez": [50]}, "unknown study key 'sizez'. Did you mean 'sizes'"),
+        ({"sizez": [50]}, "study: unknown key 'sizez'. Did you mean 'sizes'"),
         ({"comparisons": [["paper", "nope"]]}, "comparison \\['paper', 'nope'\\] must name two methods or two sources"),
         ({"methods": {"paper": "configs/no_such.yaml"}, "comparisons": []}, "method 'paper': recipe config not found: configs/no_such.yaml"),
-        ({"sources": {}}, "give at least one source"),
     ],
 )
 def test_study_config_errors_name_the_key(tmp_path, breastmnist, change, message):
@@ -120,7 +119,7 @@ def test_study_config_errors_name_the_key(tmp_path, breastmnist, change, message
 
 def test_workers_run_every_cell_once_in_their_own_processes(tmp_path, breastmnist):
     config = write_study(tmp_path, breastmnist, seeds=[0, 1], workers=2)
-    cli_main(["study", "--config", str(config)])
+    study_main(["--config", str(config)])
     results = rows(tmp_path / "study")
     assert sorted((r["method"], r["seed"], r["status"]) for r in results) == [
         (m, str(s), "ok") for m in ("constant", "paper") for s in (0, 1)]
@@ -153,7 +152,7 @@ def test_sigterm_stops_the_study_instead_of_being_recorded_as_a_bad_config(tmp_p
     monkeypatch.setattr(smallmed.cli, "fit_and_test", terminated)
     config = write_study(tmp_path, breastmnist, seeds=[0, 1])
     with pytest.raises(SIGTERMException):
-        cli_main(["study", "--config", str(config)])
+        study_main(["--config", str(config)])
     assert not (tmp_path / "study" / "results.csv").exists()
 
 
@@ -166,5 +165,85 @@ def test_ctrl_c_inside_a_run_stops_the_study(tmp_path, breastmnist, monkeypatch)
 
     monkeypatch.setattr(smallmed.cli, "fit_and_test", interrupted)
     with pytest.raises(SystemExit):
-        cli_main(["study", "--config", str(write_study(tmp_path, breastmnist, seeds=[0]))])
+        study_main(["--config", str(write_study(tmp_path, breastmnist, seeds=[0]))])
     assert not (tmp_path / "study" / "results.csv").exists()
+
+
+# ------------------------------------------------------------------------------ config-native pieces
+def test_a_run_spec_resolves_to_the_config_a_file_would_hold(tmp_path):
+    from smallmed.study.runs import RunSpec
+
+    spec = RunSpec([str(REPO / "configs/paper_recipe.yaml")], data={"class_path": "smallmed.datamodules.ImageFolderDataModule",
+                   "init_args": {"path": "scans/", "patient_pattern": "p(\\d+)"}},
+                   overrides={"model.lr": 0.01, "data.init_args.train_size": 80, "trainer.callbacks+": [{"class_path": "x.Y"}]})
+    config = spec.config()
+    data = config["data"]
+    assert data["class_path"] == "smallmed.datamodules.ImageFolderDataModule"
+    # the recipe's subset and loader settings carry over; its npz path does not
+    assert data["init_args"] == {"path": "scans/", "patient_pattern": "p(\\d+)", "train_size": 80, "sampling": "balanced",
+                                 "seed": 0, "image_size": 64, "batch_size": 16}
+    assert config["model"]["init_args"]["lr"] == 0.01  # model.lr means model.init_args.lr
+    assert config["trainer"]["callbacks"][-1] == {"class_path": "x.Y"} and len(config["trainer"]["callbacks"]) == 4
+
+
+@pytest.mark.parametrize(("location", "class_path"), [
+    ("a/b.npz", "smallmed.datamodules.NpzDataModule"), ("export/labels.csv", "smallmed.datamodules.ManifestDataModule"),
+    ("scans/", "smallmed.datamodules.ImageFolderDataModule"),
+])
+def test_a_bare_location_becomes_the_data_module_that_reads_it(location, class_path):
+    from smallmed.study.runs import data_section
+
+    assert data_section(location) == {"class_path": class_path, "init_args": {"path": location}}
+
+
+def test_the_older_flag_list_overrides_are_read_as_config_keys():
+    from smallmed.study.runs import flags_to_overrides
+
+    assert flags_to_overrides(["--trainer.max_epochs", "5", "--data.init_args.train_size=null", "--x.y", "[1, 2]"]) == {
+        "trainer.max_epochs": 5, "data.init_args.train_size": None, "x.y": [1, 2]}
+    with pytest.raises(ValueError, match="has no value"):
+        flags_to_overrides(["--trainer.max_epochs"])
+
+
+def test_part_files_merge_by_run_key_and_a_half_written_row_is_never_read(tmp_path):
+    from smallmed.study.results import append_row, merged_rows, read_rows
+
+    base = {"target": "t", "source": "s", "method": "m", "train_size": 50, "variant": "", "status": "ok", "test_auroc": 0.7}
+    append_row(tmp_path / "parts" / "a.csv", {**base, "seed": 0})
+    append_row(tmp_path / "parts" / "a.csv", {**base, "seed": 1, "status": "error", "test_auroc": ""})
+    append_row(tmp_path / "parts" / "b.csv", {**base, "seed": 1})  # a resume: the error is replaced
+    append_row(tmp_path / "parts" / "b.csv", {**base, "seed": 0, "test_auroc": 0.9})  # a duplicate: the first stays
+    with (tmp_path / "parts" / "b.csv").open("a") as f:
+        f.write("t,s,m,50,,2,ok,0.8")  # a cell killed mid-write: no newline
+    assert len(read_rows(tmp_path / "parts" / "b.csv")) == 2
+    rows = merged_rows(tmp_path)
+    assert sorted((r["seed"], r["status"], r["test_auroc"]) for r in rows) == [("0", "ok", "0.7"), ("1", "ok", "0.7")]
+
+
+def test_the_recommendation_names_the_best_and_says_when_the_data_cannot_tell():
+    from smallmed.study.summary import recommend
+
+    def rows(method, size, values):
+        return [{"target": "kb", "source": "chest", "method": method, "train_size": str(size), "variant": "", "seed": str(s),
+                 "status": "ok", "test_auroc": str(v), "wall_s": "1"} for s, v in enumerate(values)]
+
+    results = (rows("paper", 50, [0.80, 0.70, 0.75, 0.72]) + rows("fe", 50, [0.70, 0.61, 0.66, 0.62])
+               + rows("paper", 200, [0.80, 0.70, 0.75, 0.72]) + rows("fe", 200, [0.82, 0.66, 0.74, 0.73]))
+    clear, unclear = recommend(results)
+    assert clear["best"] == "paper (chest)" and clear["diff_mean"] == pytest.approx(0.095)
+    assert clear["sentence"].startswith("at N=50 on kb use paper (chest): it beats the runner-up, fe (chest), by +0.095 [")
+    assert unclear["train_size"] == 200 and "the data cannot tell them apart; more seeds or more images needed" in unclear["sentence"]
+
+
+def test_any_config_key_is_a_grid_axis_and_the_study_ends_with_a_recommendation(tmp_path, breastmnist, capsys):
+    config = write_study(tmp_path, breastmnist, seeds=[0, 1], methods={"constant": str(REPO / "configs/finetune_constant.yaml")},
+                         comparisons=[], grid={"model.init_args.lr": [1e-4, 1e-2]})
+    study_main(["--config", str(config)])
+    out = tmp_path / "study"
+    results = rows(out)
+    assert sorted((r["variant"], r["seed"]) for r in results) == [
+        (f"model.init_args.lr={lr}", str(s)) for lr in (0.0001, 0.01) for s in (0, 1)]
+    assert len({r["test_auroc"] for r in results}) == 4  # the axis reached the runs
+    text = (out / "recommendation.txt").read_text()
+    assert text.startswith("at N=50 on breast ") and "model.init_args.lr=" in text
+    assert text.strip() in capsys.readouterr().out

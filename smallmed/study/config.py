@@ -1,0 +1,213 @@
+"""The study config: targets and sources as data sections, methods as recipe configs, any key as a grid axis.
+
+A study YAML file reads like this (every section but ``targets`` and ``methods`` is optional)::
+
+    out_dir: runs/study/my_scans
+    targets:                      # name -> a data section, or a bare npz file / CSV manifest / folder
+      scans:
+        class_path: smallmed.datamodules.ManifestDataModule
+        init_args: {path: export/labels.csv, patient_column: patient_id}
+    methods: {paper: configs/paper_recipe.yaml, feature_extractor: configs/feature_extractor.yaml}
+    sizes: [50, 100, 200]         # the N axis: data.init_args.train_size
+    seeds: 20                     # 0..19, or a list; the subset seed and the training seed
+    sources: {imagenet: weights/tf_efficientnet_lite0.safetensors}   # name -> model.init_args.pretrained
+    source_stages: {chest: {config: configs/paper_recipe.yaml, data: chest.npz, overrides: {trainer.max_epochs: 30}}}
+    grid: {model.init_args.backbone: [tf_efficientnet_lite0, resnet18]}   # more axes: any config key
+    overrides: {trainer.max_epochs: 20}                                   # every run
+    comparisons: [[paper, feature_extractor]]
+    executor: local               # or slurm (see `slurm:`)
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from smallmed.study.runs import data_section, flags_to_overrides
+
+Executor = Literal["local", "slurm"]
+
+
+@dataclass
+class SourceStage:
+    """Pretrain on a source data set; its best checkpoint (by source val AUC) becomes a source.
+
+    Attributes:
+        config: recipe config file(s) of the source run.
+        data: the source's data section, or a bare npz file / CSV manifest / folder.
+        overrides: ``{dotted key: value}`` for the source run (``args``: the older flag-list form).
+    """
+
+    config: str | list[str]
+    data: str | dict[str, Any]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def configs(self) -> list[str]:
+        return [self.config] if isinstance(self.config, str) else list(self.config)
+
+    @property
+    def all_overrides(self) -> dict[str, Any]:
+        return {**flags_to_overrides(self.args), **self.overrides}
+
+
+@dataclass
+class SlurmSettings:
+    """How the ``slurm`` executor asks for resources (submitit's ``slurm_*`` parameters).
+
+    Attributes:
+        partition: the partition (``None``: the cluster's default).
+        time_min: time limit of one array task, in minutes.
+        cpus_per_task, gpus_per_task, mem_gb: resources of one array task.
+        tasks: array tasks to deal the cells to (``None``: one per cell, at most 1000).
+        array_parallelism: array tasks running at once.
+        workers_per_task: cells one array task runs at once (several small runs keep one GPU busy).
+        cell_devices: above 1, each array task runs one cell over this many devices, with Lightning's
+            own SLURM handling (one process per device); at 1, every cell is an independent
+            single-process trainer (Lightning's ``LightningEnvironment``).
+        setup: shell lines run before each task (``module load ...``, ``source venv/bin/activate``).
+        additional: further sbatch parameters, e.g. ``{account: my_lab, qos: short}``.
+    """
+
+    partition: str | None = None
+    time_min: int = 60
+    cpus_per_task: int = 2
+    gpus_per_task: int = 0
+    mem_gb: float | None = None
+    tasks: int | None = None
+    array_parallelism: int = 32
+    workers_per_task: int = 1
+    cell_devices: int = 1
+    setup: list[str] = field(default_factory=list)
+    additional: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudyConfig:
+    """A study grid: target x source x method x N x grid axes x seed. Paths are relative to the working
+    directory, as in ``train.py`` configs. See the module docstring for the file format.
+
+    Attributes:
+        targets: ``name -> data section`` (or a bare location) of each target data set.
+        methods: ``name -> recipe config file`` (or a list of files, merged in order).
+        sizes: training-set sizes N (balanced subsets, nested for one seed); ``None``: each recipe's own.
+        seeds: a count (seeds 0..n-1) or an explicit list.
+        sources: ``name -> model.init_args.pretrained`` value; none given: each recipe's own weights.
+        source_stages: ``name -> SourceStage``; each becomes a source named ``name``.
+        grid: further axes, ``{dotted config key: [values]}``.
+        overrides: ``{dotted key: value}`` for every target run (or the older list of flags).
+        comparisons: pairs ``[a, b]`` of method or source names to compare, paired by seed.
+        out_dir: where results, logs and cached source checkpoints go.
+        wandb_project: when set, every run also logs to W&B, grouped by cell.
+        keep_checkpoints: keep each run's checkpoints and report pictures (about 40 MB a run); off, a
+            cell keeps its best weights in memory, with the same selection and test metrics.
+        workers: cells run at once on this machine, each worker a process of its own (``local``).
+        executor: ``local`` (this machine) or ``slurm`` (a job array through submitit).
+        slurm: the ``slurm`` executor's resources.
+    """
+
+    targets: dict[str, Any]
+    methods: dict[str, str | list[str]]
+    sizes: list[int] | None = None
+    seeds: int | list[int] = 5
+    sources: dict[str, Any] = field(default_factory=dict)
+    source_stages: dict[str, SourceStage] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    overrides: dict[str, Any] | list[str] = field(default_factory=dict)
+    comparisons: list[list[str]] = field(default_factory=list)
+    out_dir: str = "runs/study"
+    wandb_project: str | None = None
+    keep_checkpoints: bool = False
+    workers: int = 1
+    executor: Executor = "local"
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def source_names(self) -> list[str]:
+        names = list(self.sources) + [s for s in self.source_stages if s not in self.sources]
+        return names or [RECIPE_SOURCE]
+
+    @property
+    def target_data(self) -> dict[str, dict[str, Any]]:
+        return {name: data_section(data) for name, data in self.targets.items()}
+
+    @property
+    def run_overrides(self) -> dict[str, Any]:
+        return flags_to_overrides(self.overrides) if isinstance(self.overrides, list) else dict(self.overrides)
+
+    def method_configs(self, method: str) -> list[str]:
+        files = self.methods[method]
+        return [files] if isinstance(files, str) else list(files)
+
+
+RECIPE_SOURCE = "recipe"
+"""The source name of cells that keep the recipe's own ``pretrained`` (a study without sources)."""
+
+
+def _check_keys(where: str, raw: dict[str, Any], cls: type) -> None:
+    known = {f.name for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{where}: unknown key {key!r}.{hint} Known keys: {', '.join(sorted(known))}")
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Read and check a study YAML file; unknown keys and names fail with the closest valid key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study config not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a study config is a mapping of keys, got {type(raw).__name__}")
+    _check_keys(f"{path}: study", raw, StudyConfig)
+    missing = [k for k in ("targets", "methods") if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: missing required key(s) {missing}")
+    stages = {}
+    for name, stage in (raw.get("source_stages") or {}).items():
+        _check_keys(f"{path}: source_stages.{name}", stage, SourceStage)
+        stages[name] = SourceStage(**stage)
+    slurm = raw.get("slurm") or {}
+    _check_keys(f"{path}: slurm", slurm, SlurmSettings)
+    config = StudyConfig(**{**raw, "source_stages": stages, "slurm": SlurmSettings(**slurm)})
+    check_study_config(config, str(path))
+    return config
+
+
+def check_study_config(config: StudyConfig, where: str = "study") -> None:
+    """Names, files and values that can be checked before anything runs."""
+    if config.executor not in ("local", "slurm"):
+        raise ValueError(f"{where}: executor must be 'local' or 'slurm', got {config.executor!r}")
+    if not config.targets or not config.methods:
+        raise ValueError(f"{where}: give at least one target and one method")
+    for name, data in config.targets.items():
+        try:
+            data_section(data)
+        except ValueError as err:
+            raise ValueError(f"{where}: target {name!r}: {err}") from err
+    names = set(config.methods) | set(config.source_names)
+    for pair in config.comparisons:
+        if len(pair) != 2 or any(p not in names for p in pair):
+            raise ValueError(f"{where}: comparison {pair} must name two methods or two sources of {sorted(names)}")
+    for name in config.methods:
+        for file in config.method_configs(name):
+            if not Path(file).is_file():
+                raise FileNotFoundError(f"{where}: method {name!r}: recipe config not found: {file}")
+    for key, values in config.grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: grid axis {key!r} needs a list of values, got {values!r}")
+    if config.sizes is not None and any(int(n) < 1 for n in config.sizes):
+        raise ValueError(f"{where}: sizes must be positive, got {config.sizes}")
+    if config.workers < 1:
+        raise ValueError(f"{where}: workers must be at least 1, got {config.workers}")
