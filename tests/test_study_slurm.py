@@ -115,3 +115,16 @@ def test_without_slurm_on_the_path_the_executor_says_what_it_tried(tmp_path, own
     with pytest.raises(ClusterUnavailableError, match=r"tried to submit the study's cells to SLURM, but `sbatch`/`srun` are not"):
         run_study(load_study_config(path))
     assert os.environ["PATH"] == "/nonexistent"
+
+
+def test_a_cell_can_be_one_multi_process_run_over_the_tasks_of_its_allocation(tmp_path, own_files, slurm_cluster):
+    """cell_devices: 2 -> one array task with two SLURM tasks, which Lightning takes as its two DDP ranks
+    (CPU and gloo here; GPUs on a cluster); rank 0 writes the one row."""
+    path = study_file(tmp_path, "ddp", {"pngs": own_files["pngs"]}, seeds=1, executor="slurm",
+                      overrides={**TINY, "trainer.accelerator": "cpu", "trainer.strategy": "ddp"},
+                      slurm={"partition": "debug", "cpus_per_task": 1, "cell_devices": 2, "time_min": 10})
+    out = run_study(load_study_config(path))
+    (row,) = results(out).values()
+    assert row["status"] == "ok", row["error"]
+    logs = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.err"))
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in logs and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs, logs[-3000:]

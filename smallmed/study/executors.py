@@ -115,7 +115,8 @@ def _submit(executor, function, *args_lists, what: str):
         detail = getattr(err, "output", None) or getattr(err, "stderr", None) or str(err)
         if isinstance(detail, bytes):
             detail = detail.decode(errors="replace")
-        raise ClusterUnavailableError(f"executor 'slurm': sbatch refused the study's {what}: {str(detail).strip()[:500]}. {LOCAL_HINT}") from err
+        detail = "; ".join(line.strip() for line in str(detail).strip().splitlines() if line.strip())
+        raise ClusterUnavailableError(f"executor 'slurm': sbatch refused the study's {what}: {detail[:500]}. {LOCAL_HINT}") from err
     return jobs
 
 

@@ -88,6 +88,8 @@ def cell_spec(config: StudyConfig, cell: Cell, sources: dict[str, Any], out: Pat
                                            f"seed{cell.seed}")
     if single_process:
         overrides["trainer.plugins"] = [CHECKPOINT_IO, SINGLE_PROCESS]
+    elif config.executor == "slurm" and config.slurm.cell_devices > 1:  # one run over the task's devices, ranks from SLURM
+        overrides["trainer.devices"] = config.slurm.cell_devices
     return RunSpec(config.method_configs(cell.method), config.target_data[cell.target], overrides)
 
 
