@@ -202,6 +202,14 @@ class GradualUnfreezing(Callback):
         else:
             end, unit = int(trainer.estimated_stepping_batches), "optimizer steps"
             thresholds = self._milestone_steps or []
+        merged = sorted({m for m in self.milestones}) if len(set(self.milestones)) > len(set(thresholds)) else []
+        if merged:
+            together = [g for g, t in zip(self.unfreeze_order, thresholds) if thresholds.count(t) > 1]
+            rank_zero_warn(
+                f"GradualUnfreezing: milestones {self.milestones} ({self.unit}) fall on the optimizer steps {thresholds} of "
+                f"this {end}-step run, so {together} unfreeze at the same step and the phases between them vanish. HINT: "
+                "train longer, use unit: step, or give the groups one milestone on purpose"
+            )
         never = [group for group, t in zip(self.unfreeze_order, thresholds) if t >= end]
         if never:
             rank_zero_warn(

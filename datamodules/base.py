@@ -163,6 +163,22 @@ class SmallImageDataModule(L.LightningDataModule):
             raise ValueError(
                 f"{self.source_name()}: {len(self._class_names)} class_names given for {expected} classes"
             )
+        self._check_every_class_is_evaluated(labels)
+
+    def _check_every_class_is_evaluated(self, labels: dict[str, np.ndarray]) -> None:
+        """A class with no image in val or test cannot be selected on or measured (its AUC is undefined,
+        and averaging it in as 0 misleads): raise, naming it, before anything trains."""
+        if any(y.ndim > 1 for y in labels.values()):
+            return
+        present = set(np.unique(np.concatenate(list(labels.values()))).tolist())
+        for split in ("val", "test"):
+            missing = sorted(present - set(np.unique(labels.get(split, np.array([]))).tolist()))
+            if missing:
+                names = [self._class_names[c] if self._class_names else str(c) for c in missing]
+                raise ValueError(
+                    f"{self.source_name()}: class(es) {names} have no image in the {split} split, so their AUC cannot be "
+                    f"measured there. HINT: add images of them, fix their labels, or keep them out of the data"
+                )
 
     @staticmethod
     def _derived_num_classes(labels: dict[str, np.ndarray]) -> int:
@@ -189,7 +205,8 @@ class SmallImageDataModule(L.LightningDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        return self._class_names or [str(i) for i in range(self.num_classes)]
+        count = self.num_classes  # reads the labels first: a data module may learn the names there
+        return self._class_names or [str(i) for i in range(count)]
 
     # -------------------------------------------------------------- lightning
     def setup(self, stage: str | None = None) -> None:

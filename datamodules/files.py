@@ -21,6 +21,7 @@ patient ID and given split per image). Everything else is the same for every lay
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ class ImageCatalog:
         groups: patient ID per image, or ``None`` when unknown.
         given_splits: ``"train"``/``"val"``/``"test"`` per image when the data set comes split, else ``None``.
         origin: how the splits were obtained, for the printed summary.
+        where: where each image was listed (``labels.csv row 14``), for messages; default its path.
     """
 
     paths: list[Path]
@@ -79,6 +81,10 @@ class ImageCatalog:
     groups: np.ndarray | None = None
     given_splits: np.ndarray | None = None
     origin: str = ""
+    where: list[str] | None = None
+
+    def location(self, i: int) -> str:
+        return self.where[i] if self.where is not None else str(self.paths[i])
 
 
 class ImageFilesDataModule(SmallImageDataModule):
@@ -96,6 +102,9 @@ class ImageFilesDataModule(SmallImageDataModule):
             (e.g. HU), instead of each image's min..max or the DICOM file's own window.
         channels: 1 or 3 to force the stored channels; ``None`` keeps grey images (also grey ones
             saved as RGB) as one channel, and stores all as RGB only when some image has colour.
+        min_class_images: a class with fewer images than this, beside a class with at least this many
+            and three times as many, is an error naming its images (a label typo such as ``bacterail``
+            would otherwise train as a class of its own); 0 accepts any class.
         **kwargs: see :class:`~smallmed.datamodules.base.SmallImageDataModule`.
     """
 
@@ -107,6 +116,7 @@ class ImageFilesDataModule(SmallImageDataModule):
         on_bad_image: OnBadImage = "error",
         value_range: tuple[float, float] | None = None,
         channels: Literal[1, 3] | None = None,
+        min_class_images: int = 5,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -127,6 +137,7 @@ class ImageFilesDataModule(SmallImageDataModule):
         self.on_bad_image = on_bad_image
         self.value_range = tuple(value_range) if value_range is not None else None
         self.channels = channels
+        self.min_class_images = min_class_images
         self.skipped: list[tuple[Path, str]] = []
         self._catalog: ImageCatalog | None = None
         self._split_indices: dict[str, np.ndarray] | None = None
@@ -157,8 +168,35 @@ class ImageFilesDataModule(SmallImageDataModule):
                     )
             if catalog.class_names is not None and self._class_names is None:
                 self._class_names = list(catalog.class_names)
+            self._check_small_classes(catalog)
             self._catalog = catalog
         return self._catalog
+
+    def _check_small_classes(self, catalog: ImageCatalog) -> None:
+        """A class far rarer than ``min_class_images`` is almost always a typo: name its images and the
+        class it is closest to, instead of training a class from one image."""
+        if catalog.labels.ndim != 1 or not self.min_class_images:
+            return
+        counts = np.bincount(catalog.labels, minlength=len(catalog.class_names or []))
+        names = catalog.class_names or [str(c) for c in range(len(counts))]
+        largest = int(counts.max())
+        small = [c for c, n in enumerate(counts) if n < self.min_class_images and largest >= max(self.min_class_images, 3 * n)]
+        if not small:
+            return
+        problems = []
+        for c in small:
+            listed = [catalog.location(i) for i in np.flatnonzero(catalog.labels == c)[:5]]
+            close = difflib.get_close_matches(names[c], [n for k, n in enumerate(names) if k not in small], n=1, cutoff=0.7)
+            guess = f" Did you mean {close[0]!r}?" if close else ""
+            found = f"{counts[c]} image(s) ({'; '.join(listed)})" if listed else "no image"
+            problems.append(f"class {names[c]!r} has {found}.{guess}")
+        others = [int(n) for c, n in enumerate(counts) if c not in small]
+        rest = f"; the other classes have {min(others)} to {max(others)}" if others else ""
+        raise ValueError(
+            f"{self.source_name()}: {' '.join(problems)} That is fewer than min_class_images={self.min_class_images}{rest}. "
+            "HINT: fix the labels; or list the classes to keep in data.init_args.classes; or set "
+            "data.init_args.min_class_images: 0 to train on it anyway"
+        )
 
     def split_indices(self) -> dict[str, np.ndarray]:
         """Indices into the catalog per split: the given splits, or ones made by ``split_seed`` (cached)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from smallmed.datamodules.files import ImageCatalog, ImageFilesDataModule, data_path
-from smallmed.datamodules.images import image_kind
+from smallmed.datamodules.images import image_files
 from smallmed.datamodules.splits import normalise_split_name
 
 
@@ -97,7 +97,7 @@ class ImageFolderDataModule(ImageFilesDataModule):
                 folder = dirs.get(name)
                 if folder is None:
                     continue
-                found, skipped = _image_files(folder)
+                found, skipped = image_files(folder)
                 unknown.update(p.suffix.lower() or "(no suffix)" for p in skipped)
                 unknown_example = unknown_example or (skipped[0] if skipped else None)
                 if not found:
@@ -157,17 +157,3 @@ class ImageFolderDataModule(ImageFilesDataModule):
 
 def _subfolders(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files under ``folder`` (recursively, sorted) and the non-hidden files of unknown type."""
-    images, unknown = [], []
-    for path in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
-            continue
-        head = None
-        if path.suffix == "":
-            with path.open("rb") as f:
-                head = f.read(132)
-        (images if image_kind(path, head) else unknown).append(path)
-    return images, unknown

@@ -228,3 +228,17 @@ def to_uint8(values: np.ndarray, value_range: ValueRange | None = None) -> np.nd
         return np.zeros(values.shape, dtype=np.uint8)
     scaled = (values - low) * (255.0 / (high - low))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under ``folder`` (recursively, sorted) and the non-hidden files of unknown type."""
+    images, unknown = [], []
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+            continue
+        head = None
+        if path.suffix == "":
+            with path.open("rb") as f:
+                head = f.read(132)
+        (images if image_kind(path, head) else unknown).append(path)
+    return images, unknown

@@ -153,6 +153,7 @@ class ManifestDataModule(ImageFilesDataModule):
             groups=np.array(patients) if self.patient_column else None,
             given_splits=np.array(splits) if self.split_column else None,
             origin=f"given by the column {self.split_column!r}" if self.split_column else "",
+            where=[f"row {number}" for number in rows],
         )
 
     def _parse_labels(self, cells: list[str], rows: list[int]) -> tuple[np.ndarray, list[str] | None]:

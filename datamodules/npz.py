@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,25 @@ import torch
 from smallmed.datamodules.base import SPLITS, SmallImageDataModule, Split
 
 REQUIRED_KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
+# Class names of the MedMNIST sets and the shared data (../shared/data/README.md), by file name without
+# its size suffix: a file named like one of them, with as many classes, gets its names.
+KNOWN_CLASS_NAMES = {
+    "breastmnist": ["malignant", "benign"],  # MedMNIST: 1 is "normal, benign"
+    "pneumoniamnist": ["normal", "pneumonia"],
+    "pneumoniamnist_reconstructed": ["normal", "pneumonia"],
+    "kermany_source_A": ["normal", "pneumonia"],
+    "kermany_target_B_bacterial_vs_viral": ["bacterial", "viral"],
+    "knee_oa_kl": ["KL0", "KL1", "KL2", "KL3", "KL4"],
+}
 
 
 class NpzDataModule(SmallImageDataModule):
     """A MedMNIST-layout ``.npz`` file, with the paper's seeded small-subset sampling.
 
     Images may be ``(N, H, W)`` grey or ``(N, H, W, C)`` colour uint8; labels ``(N,)``, ``(N, 1)`` or
-    multi-hot ``(N, K)``. The official val and test splits are kept whatever ``train_size`` is: model
+    multi-hot ``(N, K)``. The classes are named by ``class_names`` here, else by a ``class_names``
+    array in the file, else by the known names of the MedMNIST and shared sets (``breastmnist_28.npz``:
+    malignant, benign), else ``0, 1, ...``: predictions and per-class metrics say ``malignant``, not ``0``. The official val and test splits are kept whatever ``train_size`` is: model
     selection uses val, and results are reported on the full test split.
 
     Args:
@@ -65,7 +78,17 @@ class NpzDataModule(SmallImageDataModule):
 
     def load_labels(self) -> dict[str, np.ndarray]:
         with self._open() as data:
-            return {s: _labels(data[f"{s}_labels"], self.path, s) for s in SPLITS}
+            labels = {s: _labels(data[f"{s}_labels"], self.path, s) for s in SPLITS}
+            if self._class_names is None:
+                self._class_names = self._names_for(data, self._derived_num_classes(labels))
+            return labels
+
+    def _names_for(self, data: np.lib.npyio.NpzFile, num_classes: int) -> list[str] | None:
+        if "class_names" in data.files:
+            return [str(name) for name in data["class_names"].reshape(-1)]
+        stem = re.sub(r"_\d+$", "", self.path.stem)
+        known = KNOWN_CLASS_NAMES.get(stem)
+        return list(known) if known is not None and len(known) == (self._num_classes or num_classes) else None
 
     def load_splits(self) -> dict[str, Split]:
         out = {}

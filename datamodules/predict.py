@@ -13,6 +13,7 @@ reason, and :class:`~smallmed.prediction.PredictionWriter` lists it instead of a
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +21,29 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from smallmed.datamodules.images import BadImageError, read_image
+from smallmed.datamodules.images import BadImageError, image_files, read_image
 from smallmed.datamodules.transforms import eval_transform, resize_uint8
 
 
 def list_files(root: str | Path) -> list[Path]:
-    """Every non-hidden file under ``root`` (recursively, sorted); ``root`` itself when it is a file.
+    """The image files under ``root`` (recursively, sorted, as training finds them); ``root`` itself when
+    it is a file. Files of other types (a ``manifest.csv``, ``Thumbs.db``) are left out, in one warning.
 
     Raises:
-        FileNotFoundError: ``root`` does not exist or holds no files.
+        FileNotFoundError: ``root`` does not exist or holds no image files.
     """
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder of images to predict: {root}")
-    files = [
-        p for p in sorted(root.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
+    files, others = image_files(root)
+    if others:
+        shown = ", ".join(p.relative_to(root).as_posix() for p in others[:3]) + (" ..." if len(others) > 3 else "")
+        warnings.warn(f"{root}: left out {len(others)} file(s) that are not PNG, JPEG or DICOM images ({shown})", UserWarning,
+                      stacklevel=2)
     if not files:
-        raise FileNotFoundError(f"{root} holds no files to predict")
+        raise FileNotFoundError(f"{root} holds no image files to predict (PNG, JPEG or DICOM)")
     return files
 
 

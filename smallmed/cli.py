@@ -18,33 +18,42 @@ to Lightning's writer).
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
+from smallmed.cli_errors import explain
 from smallmed.datamodules.base import SmallImageDataModule
 from smallmed.datamodules.predict import PredictFolderDataModule
 from smallmed.model import SmallMedClassifier
 from smallmed.prediction import PredictionWriter
 from smallmed.report import RunReport
+from smallmed.run_folder import RunFolderCheckpoint, SaveConfigToRunFolder, remove_if_unused, run_dir
 from smallmed.speed import SpeedUps
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LINKED = ("num_classes", "task", "class_names")  # the data module owns them; the model reads them
+FEW_TEST_IMAGES = 10  # fewer images of a class in the test split and the AUC says little
+
+# Third-party notices a user cannot act on: a pytree deprecation inside Lightning on every run, and,
+# when testing or predicting with another run's checkpoint, that its checkpoint folder is not reused.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* won't be reloaded")
 
 
 class SmallMedCLI(LightningCLI):
     """LightningCLI with smallmed's links: the data module owns the classes, the model reads them."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
-        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        for key in LINKED:
+            parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+        parser.add_lightning_class_args(RunFolderCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/auroc",
@@ -62,6 +71,34 @@ class SmallMedCLI(LightningCLI):
         # predict on a folder of new images (the key cannot be "predict": Lightning's predict subcommand has that group):
         # python train.py predict ... --predictions.images new_images/ [--predictions.out x.csv] [--predictions.heatmaps true]
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, remembering the values the user gave for the keys the data module fills in (a link
+        overwrites them silently otherwise), and handing the parser to the error message on failure."""
+        self._given_links = linked_values_given(args)
+        try:
+            super().parse_arguments(parser, args)
+        except Exception as err:
+            err.smallmed_options = [s for action in parser._actions for s in action.option_strings]  # for "did you mean"
+            raise
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self._check_links()
+
+    def _check_links(self) -> None:
+        """A user's ``model.init_args.num_classes`` (task, class_names) that disagrees with the data is an
+        error naming both, not a value the data module's silently replaces."""
+        for key, (given, where) in self._given_links.items():
+            owned = getattr(self.datamodule, key, None)
+            same = list(given) == list(owned) if isinstance(given, list) and owned is not None else given == owned
+            if given is None or owned is None or same:
+                continue
+            raise ValueError(
+                f"model.init_args.{key}={given!r} ({where}) disagrees with the data: {type(self.datamodule).__name__} "
+                f"gives {key}={owned!r}, and the data module owns it (the model reads it from there). HINT: remove "
+                f"model.init_args.{key}, or set data.init_args.{key}"
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, without the parts of this CLI that the user's trainer options switch off.
@@ -82,37 +119,48 @@ class SmallMedCLI(LightningCLI):
         return trainer
 
     def before_predict(self) -> None:
-        """With ``--predictions.images``, predict on that folder, sized like the configured data module (never loaded)."""
+        """Predict on ``--predictions.images``, sized like the configured data module (never loaded)."""
         writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter)), None)
-        if writer is not None and writer.images:
-            self.datamodule = PredictFolderDataModule.like(writer.images, self.datamodule)
+        if writer is None or not writer.images:
+            raise ValueError(
+                "predict needs the images to predict: --predictions.images DIR (a folder, searched recursively, or one "
+                "file); it writes one CSV row per image. HINT: to score the test split, whose labels are known, use "
+                "`train.py test` with the same --config and --ckpt_path"
+            )
+        self.datamodule = PredictFolderDataModule.like(writer.images, self.datamodule)
 
 
-class SaveConfigToLoggers(SaveConfigCallback):
-    """Saves ``config.yaml`` in the log dir (as Lightning does) and sends the resolved config to W&B.
+def linked_values_given(args: list[str] | dict[str, Any] | None) -> dict[str, tuple[Any, str]]:
+    """``{key: (value, where)}`` for the link targets ``model.init_args.<key>`` given in ``args`` or its config files."""
+    import yaml
 
-    The whole resolved config (trainer, callbacks, model, data) goes into the W&B run's config under
-    ``config``, so a run on the W&B page says exactly how it was made. Lightning writes
-    ``config.yaml`` into the *first* logger's folder, which for W&B first is the shared ``save_dir``;
-    a copy also goes beside every CSV / TensorBoard log, so each run folder keeps its own.
-    """
-
-    def save_config(self, trainer, pl_module, stage: str) -> None:
-        # trainer.log_dir as Lightning computes it, without its broadcast (this runs on rank zero only)
-        first = trainer.loggers[0] if trainer.loggers else None
-        here = None
-        if self.save_to_log_dir and first is not None:
-            here = Path(first.log_dir if isinstance(first, (CSVLogger, TensorBoardLogger)) else first.save_dir or "").resolve()
-        for logger in trainer.loggers:
-            if isinstance(logger, (CSVLogger, TensorBoardLogger)) and Path(logger.log_dir).resolve() != here:
-                Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
-                path = Path(logger.log_dir) / self.config_filename
-                self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        if loggers:
-            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-            for logger in loggers:
-                logger.log_hyperparams({"config": config})
+    found: dict[str, tuple[Any, str]] = {}
+    if isinstance(args, dict):
+        model = (args.get("model") or {}) if isinstance(args.get("model"), dict) else {}
+        for key in LINKED:
+            value = (model.get("init_args") or {}).get(key, model.get(key))
+            if value is not None:
+                found[key] = (value, "in the config")
+        return found
+    words = list(sys.argv[1:] if args is None else args)
+    for i, word in enumerate(words):
+        flag, _, inline = word.partition("=")
+        if flag == "--config" and (inline or i + 1 < len(words)):
+            path = Path(inline or words[i + 1])
+            try:
+                config = yaml.safe_load(path.read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            model = config.get("model") if isinstance(config, dict) else None
+            if isinstance(model, dict):
+                for key in LINKED:
+                    value = (model.get("init_args") or {}).get(key, model.get(key))
+                    if value is not None:
+                        found[key] = (value, f"in {path}")
+        for key in LINKED:
+            if flag in (f"--model.init_args.{key}", f"--model.{key}") and (inline or i + 1 < len(words)):
+                found[key] = (yaml.safe_load(inline or words[i + 1]), "on the command line")
+    return found
 
 
 def build_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> SmallMedCLI:
@@ -147,10 +195,11 @@ def _make_cli(args: list[str] | dict[str, Any] | None, run: bool) -> SmallMedCLI
             # Checkpoints serialised straight into their file (half the time of Lightning's own save):
             "plugins": [{"class_path": "smallmed.checkpoint_io.DirectFileCheckpointIO"}],
         },
-        save_config_callback=SaveConfigToLoggers,
-        save_config_kwargs={"overwrite": True},
-        # A typo such as `--trainer.max_epoch` must fail, not be expanded to `--trainer.max_epochs`.
-        parser_kwargs={"allow_abbrev": False},
+        save_config_callback=SaveConfigToRunFolder,
+        save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+        # A typo such as `--trainer.max_epoch` must fail, not be expanded to `--trainer.max_epochs`; parse
+        # errors are raised, so that main() can say them in one line instead of argparse's usage screen.
+        parser_kwargs={"allow_abbrev": False, "exit_on_error": False},
         args=args,
         run=run,
         auto_configure_optimizers=False,
@@ -171,18 +220,45 @@ def fit_and_test(args: list[str] | dict[str, Any] | None = None, study_cell: boo
     if study_cell:
         _make_lean(trainer)
     trainer.fit(cli.model, datamodule=cli.datamodule)
-    ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+    trained = trainer.global_step > 0
+    if not trained:
+        rank_zero_warn(
+            f"nothing was trained (trainer.max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}): the test "
+            "scores the initial weights. HINT: give trainer.max_epochs > 0"
+        )
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = "best" if best else None
     # The run report prints a short table of the test metrics; Lightning's long one is left out.
     results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    test_split = getattr(cli.datamodule, "splits", {}).get("test")  # absent in the launcher of ddp_spawn
-    if test_split is not None:
-        metrics["test/images"] = len(test_split.labels)
+    counts = test_class_counts(cli.datamodule)  # absent in the launcher of ddp_spawn
+    if counts:
+        metrics["test/images"] = len(cli.datamodule.splits["test"].labels)
     if trainer.is_global_zero and "test/auroc" in metrics:
-        count = f", {len(test_split.labels)} test images" if test_split is not None else ""
-        which = "best (in memory) checkpoint" if study_cell else ("best checkpoint" if ckpt else "last weights")
-        print(f"test ROC AUC: {metrics['test/auroc']:.4f} ({which}{count})")
+        which = "untrained weights" if not trained else (
+            "best (in memory) checkpoint" if study_cell else ("best checkpoint" if ckpt else "last weights"))
+        shown = ", ".join(f"{name}: {n}" for name, n in counts.items())
+        print(f"test ROC AUC: {metrics['test/auroc']:.4f} ({which}, {metrics.get('test/images', 0):.0f} test images"
+              f"{': ' + shown if shown else ''})")
+        few = {name: n for name, n in counts.items() if n < FEW_TEST_IMAGES}
+        if few:
+            rank_zero_warn(
+                f"the test AUC rests on {shown} image(s): with fewer than {FEW_TEST_IMAGES} of a class ({few}) it says "
+                "little about new images. HINT: a larger test split (test_fraction), or report the study's seeds"
+            )
+        if not study_cell:
+            folder = run_dir(trainer)
+            print(f"run folder: {folder}" + (f" (best checkpoint: {best})" if best else ""))
     return metrics
+
+
+def test_class_counts(datamodule: Any) -> dict[str, int]:
+    """``{class name: images}`` of the data module's test split (empty when it has none in memory)."""
+    summary = getattr(datamodule, "summary", None)
+    splits = getattr(datamodule, "splits", None)
+    if not callable(summary) or not splits or "test" not in splits:
+        return {}
+    return dict(zip(datamodule.class_names, summary()["test"]))
 
 
 def _make_lean(trainer) -> None:
@@ -202,12 +278,31 @@ def _make_lean(trainer) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``train.py [fit|validate|test|predict] ...``; without a subcommand, fit then test."""
+    """``train.py [fit|validate|test|predict] ...``; without a subcommand, fit then test.
+
+    A run that cannot start or fails says why in one line (``--traceback`` shows the whole trace).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        build_cli(argv)
-    else:
-        fit_and_test(argv)
+    full_trace = "--traceback" in argv
+    argv = [a for a in argv if a != "--traceback"]
+    runs_before = _run_folders()
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            build_cli(argv)
+        else:
+            fit_and_test(argv)
+    except Exception as err:
+        for folder in _run_folders() - runs_before:
+            remove_if_unused(folder)
+        if full_trace:
+            raise
+        print(f"train.py: error: {explain(err, argv)}\n(add --traceback to see where it failed)", file=sys.stderr)
+        raise SystemExit(2 if err.__class__.__name__ == "ArgumentError" else 1) from None
+
+
+def _run_folders(root: str = "runs") -> set[Path]:
+    """The ``version_N`` folders under ``root`` (the default CSV log), to remove those a failed run left empty."""
+    return set(Path(root).glob("*/version_*"))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from smallmed import tasks
@@ -184,14 +186,29 @@ class SmallMedClassifier(L.LightningModule):
         self._log_metrics(self.test_metrics)
 
     def _log_metrics(self, collection) -> None:
-        values = {}
-        for key, value in collection.compute().items():
-            if value.ndim == 0:
-                values[key] = value
-            else:  # per-class AUROC
-                stem = key.replace("_per_class", "")
-                for name, v in zip(self.class_names, value):
-                    values[f"{stem}/{name}"] = v
+        """Log a split's metrics. An AUC needs positives and negatives: a class the split lacks gets NaN,
+        and the headline ``auroc`` averages only the classes it can measure (torchmetrics counts 0)."""
+        prefix = collection.prefix
+        with warnings.catch_warnings():  # torchmetrics' "No positive samples": said once, below, by class name
+            warnings.filterwarnings("ignore", message=".*(positive|negative) samples in targets")
+            computed = collection.compute()
+        defined = tasks.defined_aucs(computed.pop(f"{prefix}stats"))
+        per_class = computed.pop(f"{prefix}auroc_per_class", None)
+        nan = torch.tensor(float("nan"), device=defined.device)
+        if per_class is not None:
+            per_class = torch.where(defined, per_class, nan)
+            computed[f"{prefix}auroc"] = per_class[defined].mean() if defined.any() else nan
+        elif not defined.all():
+            computed[f"{prefix}auroc"] = nan
+        if not defined.all() and not self.trainer.sanity_checking:
+            lacking = [self.class_names[i] for i in torch.nonzero(~defined).reshape(-1).tolist()] if per_class is not None else []
+            rank_zero_warn(
+                f"{prefix.rstrip('/')} split: no positive or no negative image for {lacking or 'the positive class'}; "
+                f"{'their AUC is NaN and left out of ' + prefix + 'auroc' if lacking else prefix + 'auroc is NaN'}"
+            )
+        values = {k: v for k, v in computed.items()}
+        if per_class is not None:
+            values.update({f"{prefix}auroc/{name}": v for name, v in zip(self.class_names, per_class)})
         self.log_dict(values, prog_bar=False, sync_dist=False)
         collection.reset()
 

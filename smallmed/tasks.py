@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
-from torchmetrics.classification import AUROC, Accuracy, F1Score
+from torchmetrics.classification import AUROC, Accuracy, F1Score, StatScores
 
 Task = Literal["binary", "multiclass", "multilabel"]
 TASKS = ("binary", "multiclass", "multilabel")
@@ -56,7 +56,19 @@ def metrics(task: Task, num_classes: int, prefix: str) -> MetricCollection:
     elif task == "multilabel":
         kw["num_labels"] = num_classes
     f1_kw = kw if task == "binary" else {**kw, "average": "macro"}
-    collection = {"auroc": AUROC(**kw), "acc": Accuracy(**kw), "f1": F1Score(**f1_kw)}
+    collection = {"auroc": AUROC(**kw), "acc": Accuracy(**kw), "f1": F1Score(**f1_kw),
+                  # tp, fp, tn, fn, support (per class): which AUCs the split can define
+                  "stats": StatScores(**kw) if task == "binary" else StatScores(**kw, average="none")}
     if task != "binary":
         collection["auroc_per_class"] = AUROC(**kw, average="none")
     return MetricCollection(collection, prefix=prefix)
+
+
+def defined_aucs(stats: torch.Tensor) -> torch.Tensor:
+    """Which classes (one entry for ``binary``) have an AUC on this split: some positives and some negatives.
+
+    ``stats`` is torchmetrics' ``StatScores``: ``(5,)`` or ``(C, 5)`` of tp, fp, tn, fn, support.
+    """
+    stats = stats.reshape(-1, 5)
+    positives = stats[:, 4]
+    return (positives > 0) & (stats[:, :4].sum(dim=1) - positives > 0)

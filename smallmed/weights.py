@@ -117,5 +117,25 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str | Path) 
     if pretrained is True or pretrained == "true":
         load_hub_weights(model, name)
         return f"timm hub weights for {name}"
-    load_backbone_state(model, read_state_dict(pretrained), source=str(pretrained))
+    try:
+        load_backbone_state(model, read_state_dict(pretrained), source=str(pretrained))
+    except PretrainedWeightsError as err:
+        trained_on = checkpoint_backbone(pretrained)
+        if trained_on and trained_on != name:
+            raise PretrainedWeightsError(
+                f"{pretrained} is a smallmed checkpoint of backbone {trained_on!r}; this run builds {name!r}. "
+                f"HINT: --model.init_args.backbone {trained_on}, or weights for {name}"
+            ) from err
+        raise
     return f"local weights {pretrained}"
+
+
+def checkpoint_backbone(path: str | Path) -> str | None:
+    """The ``backbone`` a smallmed (Lightning) checkpoint was trained with, if it says."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    backbone = hparams.get("backbone") if isinstance(hparams, dict) else None
+    return backbone if isinstance(backbone, str) else None

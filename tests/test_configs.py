@@ -19,18 +19,19 @@ def kind(path: Path) -> str:
     raw = yaml.safe_load(path.read_text())
     if "targets" in raw:
         return "study"
-    return "train" if "model" in raw else "fragment"
+    if "model" in raw:
+        return "train"
+    return "data" if set(raw) == {"data"} else "fragment"
 
 
 TRAIN = [p for p in CONFIGS if kind(p) == "train"]
-# Runnable on the shared data as shipped; the others (folder_example.yaml names a placeholder
-# folder) are parsed and resolved below.
-NPZ_TRAIN = [p for p in TRAIN if "NpzDataModule" in p.read_text()]
+NPZ_TRAIN = [p for p in TRAIN if "NpzDataModule" in p.read_text()]  # runnable on the shared data as shipped
+DATA = [p for p in CONFIGS if kind(p) == "data"]  # your own images, added after a recipe
 STUDY = [p for p in CONFIGS if kind(p) == "study"]
 
 
 def test_configs_are_found():
-    assert len(TRAIN) >= 7 and len(STUDY) >= 2
+    assert len(TRAIN) >= 7 and len(STUDY) >= 2 and len(DATA) == 2 and TRAIN == NPZ_TRAIN
 
 
 @pytest.mark.parametrize("config", NPZ_TRAIN, ids=lambda p: p.stem)
@@ -58,13 +59,35 @@ def test_study_config_parses(config, monkeypatch):
     assert study.methods and study.sizes
 
 
-@pytest.mark.parametrize("config", [p for p in TRAIN if p not in NPZ_TRAIN], ids=lambda p: p.stem)
-def test_other_training_configs_resolve(config, monkeypatch, capsys):
+@pytest.mark.parametrize("config", DATA, ids=lambda p: p.stem)
+def test_the_own_images_configs_start_from_the_paper_recipe(config, monkeypatch, capsys):
     from smallmed.cli import main
 
     monkeypatch.setattr(sys, "argv", ["train.py"])
     with pytest.raises(SystemExit) as exc:
-        main(["--config", str(config), "--print_config"])
+        main(["--config", str(REPO / "configs/paper_recipe.yaml"), "--config", str(config), "--print_config"])
     assert exc.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
-    assert resolved["data"]["class_path"].startswith("smallmed.datamodules.")
+    assert resolved["data"]["class_path"] in ("smallmed.datamodules.ImageFolderDataModule", "smallmed.datamodules.ManifestDataModule")
+    assert resolved["data"]["init_args"]["image_size"] == 64 and resolved["data"]["init_args"]["batch_size"] == 16
+    callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in resolved["trainer"]["callbacks"]]
+    assert callbacks == ["HeadReparameterization", "DiscriminativeLR", "GradualUnfreezing"]
+    assert resolved["model"]["init_args"]["lr_schedule"] == "one_cycle" and resolved["model"]["init_args"]["drop_rate"] == 0.2
+
+
+def test_the_folder_config_trains_the_paper_recipe_on_a_folder_of_real_pngs(tmp_path, monkeypatch):
+    from helpers_images import KERMANY_CLASSES, PATIENT_PATTERN, kermany_pool, write_class_folders
+
+    images, labels, _, stems = kermany_pool()
+    chosen = [*range(0, 40), *range(len(labels) - 40, len(labels))]
+    write_class_folders(tmp_path / "scans", images[chosen], labels[chosen], KERMANY_CLASSES, [stems[i] for i in chosen])
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.chdir(REPO)
+    metrics = fit_and_test([
+        "--config", str(REPO / "configs/paper_recipe.yaml"), "--config", str(REPO / "configs/folder_example.yaml"),
+        f"--data.init_args.path={tmp_path / 'scans'}", f"--data.init_args.patient_pattern={PATIENT_PATTERN}",
+        "--data.init_args.train_size=20", "--model.init_args.backbone=test_efficientnet", "--model.init_args.pretrained=false",
+        "--data.init_args.image_size=32", "--trainer.fast_dev_run=true", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.default_root_dir={tmp_path}", "--report.heatmaps=0", "--report.train_images=0",
+    ])
+    assert metrics["test/images"] > 0

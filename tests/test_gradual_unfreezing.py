@@ -128,6 +128,14 @@ def test_a_milestone_past_the_end_of_training_is_warned_about(milestones, unit, 
         assert not any(rec.steps[-1]["requires_grad"][n] for n in unfreezing.layer_groups[group])
 
 
+def test_milestones_that_collapse_onto_one_step_in_a_short_run_are_warned_about():
+    """[0.1, 0.2] of a 6-step run are steps 1 and 1: the late and early body unfreeze together."""
+    unfreezing = GradualUnfreezing(milestones=[0.1, 0.2])
+    with pytest.warns(UserWarning, match=re.escape("fall on the optimizer steps [1, 1] of this 6-step run, so ['late', 'early'] "
+                                                   "unfreeze at the same step")):
+        fit([unfreezing], epochs=2, limit_train_batches=3)
+
+
 def test_milestones_inside_the_run_give_no_warning(recwarn):
     fit([GradualUnfreezing(milestones=[1, 1], unit="epoch")], epochs=2)
     fit([GradualUnfreezing(milestones=[0.1, 0.2])], epochs=2)

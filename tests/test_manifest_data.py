@@ -142,7 +142,11 @@ def test_integer_labels_and_labels_outside_num_classes(kermany_images):
     path = manifest(folder, numeric, "int.csv")
     with pytest.raises(ValueError, match=rf"{path} row 9: label 5 is outside num_classes=2 \(valid labels are 0..1\)"):
         make(path, num_classes=2).num_classes
-    assert make(path).num_classes == 6  # without num_classes the labels say how many there are
+    # without num_classes the labels say how many there are: a stray 5 would make classes 2..5, so it is refused
+    with pytest.raises(ValueError, match=r"class '2' has no image\..*class '5' has 1 image\(s\) \(row 9\)\..*min_class_images"):
+        make(path).num_classes
+    with pytest.raises(ValueError, match=r"class\(es\) \['5'\] have no image in the val split"):
+        make(path, min_class_images=0).num_classes  # accepted as rare, it still cannot be validated
     numeric[7]["label"] = -1
     with pytest.raises(ValueError, match=r"row 9: label -1 is negative"):
         make(manifest(folder, numeric, "int.csv")).num_classes
@@ -155,7 +159,21 @@ def test_label_not_in_classes_names_the_row(kermany_images):
     path = manifest(folder, edited, "cls.csv")
     with pytest.raises(ValueError, match=rf"{path} row 6: label 'fungal' is not one of the classes \['bacterial', 'viral'\]"):
         make(path, classes=list(KERMANY_CLASSES)).num_classes
-    assert make(path).class_names == ["bacterial", "fungal", "viral"]  # without classes: what the rows hold
+    # without classes, what the rows hold: a one-image class beside classes of 14 and 15 is refused, naming its row
+    with pytest.raises(ValueError, match=r"class 'fungal' has 1 image\(s\) \(row 6\)\. That is fewer than min_class_images=5"):
+        make(path).num_classes
+    with pytest.raises(ValueError, match=r"class\(es\) \['fungal'\] have no image in the val split"):
+        make(path, min_class_images=0).num_classes  # accepted as rare, it still cannot be validated
+
+
+def test_a_label_typo_is_refused_with_the_class_it_was_meant_to_be(kermany_images):
+    """A 'bacterail' row trained a 3-class model from a 1-image class, headlined test AUC 0.3333, and said nothing."""
+    folder, rows = kermany_images
+    edited = [dict(r) for r in rows[:30]]
+    edited[11]["label"] = "bacterail"
+    path = manifest(folder, edited, "typo.csv")
+    with pytest.raises(ValueError, match=r"class 'bacterail' has 1 image\(s\) \(row 13\)\. Did you mean 'bacterial'\?"):
+        make(path).num_classes
 
 
 # --------------------------------------------------------------- sources

@@ -444,3 +444,19 @@ def test_probabilities_and_loss_match_torch():
     )
     logits = torch.tensor([[0.3, 1.0, -2.0]])
     torch.testing.assert_close(tasks.loss("multiclass", logits, torch.tensor([1])), torch.nn.functional.cross_entropy(logits, torch.tensor([1])))
+
+
+def test_headline_auc_leaves_out_a_class_the_test_split_lacks_instead_of_averaging_in_zero():
+    L.seed_everything(0, verbose=False)
+    model = make_model("test_resnet", "multiclass", lr=1e-2)
+    train, val = loaders("multiclass")
+    t = trainer(limit_val_batches=0)
+    t.fit(model, train, val)
+    x = images(12, seed=5)
+    y = torch.tensor([0, 1, 2] * 4)
+    y[y == 3] = 0  # classes 0..2 only: class 3 has no positive in this test split
+    with pytest.warns(UserWarning, match=r"test split: no positive or no negative image for \['3'\]; their AUC is NaN"):
+        result = t.test(model, DataLoader(TensorDataset(x, y), batch_size=12), verbose=False)[0]
+    per_class = [result[f"test/auroc/{c}"] for c in range(4)]
+    assert math.isnan(per_class[3])
+    assert result["test/auroc"] == pytest.approx(sum(per_class[:3]) / 3)

@@ -123,15 +123,26 @@ def test_num_classes_and_task_derived(breastmnist):
     dm = NpzDataModule(str(breastmnist))
     assert dm.num_classes == 2  # before setup, from the labels alone
     assert dm.task == "binary"
-    assert dm.class_names == ["0", "1"]
-    named = NpzDataModule(str(breastmnist), class_names=["malignant", "benign"])
-    assert named.class_names == ["malignant", "benign"]
+    assert dm.class_names == ["malignant", "benign"]  # BreastMNIST's own names, known by the file's name
+    named = NpzDataModule(str(breastmnist), class_names=["cancer", "no cancer"])
+    assert named.class_names == ["cancer", "no cancer"]
+
+
+def test_class_names_come_from_the_file_or_from_the_known_sets(make_npz, shared_file):
+    """Runs on the shared npz sets used to predict classes '0' / '1'; their names are known."""
+    kermany = NpzDataModule(str(shared_file("kermany_target_B_bacterial_vs_viral_64.npz")))
+    assert kermany.class_names == ["bacterial", "viral"]
+    assert NpzDataModule(str(shared_file("knee_oa_kl_64.npz"))).class_names == ["KL0", "KL1", "KL2", "KL3", "KL4"]
+    carried = make_npz("own.npz", overrides={"class_names": np.array(["normal", "tumour"])})
+    assert NpzDataModule(str(carried)).class_names == ["normal", "tumour"]
+    assert NpzDataModule(str(make_npz("breastmnist_28.npz", train=(3, 3, 3), val=(2, 2, 2), test=(2, 2, 2)))).class_names == [
+        "0", "1", "2"]  # named like BreastMNIST but with 3 classes: the known names do not fit
 
 
 def test_too_large_balanced_subset_names_class_and_count(breastmnist):
     with pytest.raises(SubsetTooLargeError, match=r"class 'malignant' \(label 0\) holds 147 training images.*296"):
         setup_dm(breastmnist, train_size=296, class_names=["malignant", "benign"])
-    with pytest.raises(SubsetTooLargeError, match=r"class '0' \(label 0\) holds 147 training images; 148 were asked for"):
+    with pytest.raises(SubsetTooLargeError, match=r"class 'malignant' \(label 0\) holds 147 training images; 148 were asked for"):
         setup_dm(breastmnist, class_counts={0: 148, 1: 10})
     with pytest.raises(SubsetTooLargeError, match=r"train_size=600 but the training split holds 546 images"):
         setup_dm(breastmnist, train_size=600, sampling="stratified")

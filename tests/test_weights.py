@@ -202,7 +202,7 @@ def test_hub_weights_offline_fail_with_local_file_hint():
     with pytest.raises(PretrainedWeightsError, match=r"could not fetch timm's pretrained weights for 'test_resnet'") as err:
         SmallMedClassifier("test_resnet", num_classes=2, pretrained=True)
     message = str(err.value)
-    assert "model.pretrained" in message and "local weights file" in message
+    assert "model.init_args.pretrained" in message and "local weights file" in message
     assert "smallmed-convert-lite0" in message
 
 

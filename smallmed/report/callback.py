@@ -33,7 +33,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
@@ -42,6 +41,7 @@ from smallmed.report import media, plots
 from smallmed.report.console import label_text, metrics_table, prediction_text
 from smallmed.report.gradcam import CamMethod, NoFeatureMapError, classifier_heatmaps, overlay
 from smallmed.report.numbers import class_curves, confidently_wrong, confusion_matrices, predicted_classes
+from smallmed.run_folder import run_dir
 
 
 def _to_display(image: torch.Tensor) -> np.ndarray:
@@ -54,17 +54,8 @@ def _to_display(image: torch.Tensor) -> np.ndarray:
 
 
 def report_dir(trainer: L.Trainer) -> Path:
-    """``<CSV / TensorBoard version dir>/report``, else the W&B run folder's ``report``, else the root dir's.
-
-    Call on rank zero only (never broadcasts, unlike ``trainer.log_dir``).
-    """
-    for logger in trainer.loggers:
-        if isinstance(logger, (CSVLogger, TensorBoardLogger)):
-            return Path(logger.log_dir) / "report"
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            return Path(logger.experiment.dir).parent / "report"
-    return Path(trainer.default_root_dir) / "report"
+    """``report/`` in the run folder (:func:`smallmed.run_folder.run_dir`). Call on rank zero only."""
+    return run_dir(trainer) / "report"
 
 
 class RunReport(Callback):

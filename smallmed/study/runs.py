@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 SUBCLASS_SECTIONS = ("model", "data")
+RECIPE_DATA_ONLY = ("path", "root", "csv_path", "download", "class_names", "num_classes", "task", "classes", "class_counts")
 DATA_MODULES = {
     ".npz": "smallmed.datamodules.NpzDataModule",
     ".csv": "smallmed.datamodules.ManifestDataModule",
@@ -106,15 +107,16 @@ def _accepted_arguments(class_path: str) -> set[str] | None:
 def with_data(config: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` with its data section replaced by ``data``: the recipe's settings of the subset and the
     loaders (``train_size``, ``image_size``, ``batch_size``...) carry over where the new class takes
-    them, and the new section's own arguments win."""
+    them, what describes the recipe's own data set (its location, class names) does not, and the
+    new section's own arguments win."""
     out = copy.deepcopy(config)
     old = out.get("data") or {}
     kept = dict(old.get("init_args") or {})
     if old.get("class_path") != data["class_path"]:
         accepted = _accepted_arguments(data["class_path"])
         kept = {k: v for k, v in kept.items() if accepted is None or k in accepted}
-        for alias in ("path", "root", "csv_path"):  # the recipe's data location never carries over
-            kept.pop(alias, None)
+    for key in RECIPE_DATA_ONLY:  # what describes the recipe's own data set never carries over
+        kept.pop(key, None)
     out["data"] = {"class_path": data["class_path"], "init_args": {**kept, **copy.deepcopy(dict(data.get("init_args") or {}))}}
     return out
 
