@@ -18,6 +18,7 @@ from smallmed.callbacks.gradual_unfreezing import GradualUnfreezing, first_unfre
 from smallmed.callbacks.head_reparameterization import CosineClassifier, HeadReparameterization
 from smallmed.callbacks.layer_groups import LayerGroups, resolve_layer_groups, timm_layer_groups
 from smallmed.callbacks.param_groups import layer_param_groups
+from smallmed.callbacks.random_states import RandomStates
 
 __all__ = [
     "BestWeightsInMemory",
@@ -26,6 +27,7 @@ __all__ = [
     "GradualUnfreezing",
     "HeadReparameterization",
     "LayerGroups",
+    "RandomStates",
     "first_unfreezing_step",
     "layer_param_groups",
     "lr_multipliers",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -122,6 +122,11 @@ class SmallImageDataModule(L.LightningDataModule):
         self.device_resident = device_resident
         self._index_loaders: set[str] = set()  # splits whose loader yields indices (device-resident)
         self._on_device: dict[str, torch.Tensor] = {}
+        # The training order's own random stream (shuffling, loader worker seeds), saved in checkpoints:
+        # Lightning makes the first training iterator before a resumed run's global random states
+        # could be put back, but after the data module's state is loaded.
+        self.shuffle_generator = torch.Generator()
+        self.shuffle_generator.manual_seed(torch.initial_seed() + 1_000_003 * seed)
 
     # --------------------------------------------------------- for subclasses
     def load_splits(self) -> dict[str, Split]:
@@ -327,12 +332,21 @@ class SmallImageDataModule(L.LightningDataModule):
         return images, labels
 
     # -------------------------------------------------------------- loaders
+    def state_dict(self) -> dict[str, Any]:
+        """The training order's random state, so that a resumed run draws the batches the uninterrupted one drew."""
+        return {"shuffle_generator": self.shuffle_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "shuffle_generator" in state_dict:
+            self.shuffle_generator.set_state(state_dict["shuffle_generator"])
+
     def train_dataloader(self) -> DataLoader:
         resident = self.uses_device_batches()
         return DataLoader(
             self._loader_dataset("train"),
             batch_size=min(self.batch_size, len(self.splits["train"].labels)),
             shuffle=True,
+            generator=self.shuffle_generator,
             drop_last=len(self.splits["train"].labels) > self.batch_size,
             num_workers=0 if resident else self.num_workers,
             persistent_workers=self.num_workers > 0 and not resident,

@@ -17,6 +17,7 @@ to Lightning's writer).
 
 from __future__ import annotations
 
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -34,7 +35,16 @@ from smallmed.datamodules.predict import PredictFolderDataModule
 from smallmed.model import SmallMedClassifier
 from smallmed.prediction import PredictionWriter
 from smallmed.report import RunReport
-from smallmed.run_folder import RunFolderCheckpoint, SaveConfigToRunFolder, remove_if_unused, run_dir
+from smallmed.callbacks.random_states import RandomStates
+from smallmed.preemption import Requeued, SlurmRequeue, is_requeued_attempt, slurm_job_id
+from smallmed.run_folder import (
+    RunFolderCheckpoint,
+    SaveConfigToRunFolder,
+    last_checkpoint,
+    newest_last_checkpoint,
+    remove_if_unused,
+    run_dir,
+)
 from smallmed.speed import SpeedUps
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -113,6 +123,8 @@ class SmallMedCLI(LightningCLI):
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         if config.get("enable_checkpointing") is False:
             callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        # Every random stream in the checkpoints (exact resume), and SLURM's time-limit signal taken at an epoch boundary.
+        callbacks += [cb() for cb in (RandomStates, SlurmRequeue) if not any(isinstance(c, cb) for c in callbacks)]
         trainer = self._instantiate_trainer(config, callbacks)
         if not trainer.loggers:
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
@@ -206,7 +218,9 @@ def _make_cli(args: list[str] | dict[str, Any] | None, run: bool) -> SmallMedCLI
     )
 
 
-def fit_and_test(args: list[str] | dict[str, Any] | None = None, study_cell: bool = False) -> dict[str, float]:
+def fit_and_test(
+    args: list[str] | dict[str, Any] | None = None, study_cell: bool = False, resume: str | None = None
+) -> dict[str, float]:
     """Fit, then test the best checkpoint on the full test split; return the test metrics.
 
     ``study_cell=True`` is the study runner's lean variant of the same run: the best weights are
@@ -214,12 +228,33 @@ def fit_and_test(args: list[str] | dict[str, Any] | None = None, study_cell: boo
     monitor and mode) instead of written to disk and read back, the run report's pictures are not
     drawn, and Lightning's sanity validation (a val pass before training, whose results are thrown
     away) is skipped. The trained model and its test metrics are the same.
+
+    ``resume``: a checkpoint file, a run folder (its ``checkpoints/last.ckpt``) or ``last`` (the newest
+    run folder's); the run goes on in the folder the checkpoint belongs to. In a SLURM job the run
+    folder is ``slurm-<job id>``, and a requeued job resumes from it by itself.
     """
     cli = build_cli(args, run=False)
     trainer = cli.trainer
     if study_cell:
         _make_lean(trainer)
-    trainer.fit(cli.model, datamodule=cli.datamodule)
+    else:
+        if slurm_job_id() is not None:
+            _log_into(trainer, f"slurm-{slurm_job_id()}")
+            if resume is None and is_requeued_attempt():
+                resume = "last"
+        resume = _resolve_resume(trainer, resume)
+    try:
+        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    except Requeued:
+        print(f"requeued SLURM job {slurm_job_id()}: it resumes from {run_dir(trainer) / 'checkpoints' / 'last.ckpt'}")
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        last = last_checkpoint(run_dir(trainer)) if trainer.loggers and not study_cell else None
+        if last is not None and trainer.is_global_zero:
+            words = [a for a in (args if isinstance(args, list) else sys.argv[1:]) if a != "--traceback"]
+            print(f"\ninterrupted; to resume from {last}:\n  python train.py {shlex.join(words)} --ckpt_path {run_dir(trainer)}",
+                  file=sys.stderr)
+        raise
     trained = trainer.global_step > 0
     if not trained:
         rank_zero_warn(
@@ -246,10 +281,48 @@ def fit_and_test(args: list[str] | dict[str, Any] | None = None, study_cell: boo
                 f"the test AUC rests on {shown} image(s): with fewer than {FEW_TEST_IMAGES} of a class ({few}) it says "
                 "little about new images. HINT: a larger test split (test_fraction), or report the study's seeds"
             )
-        if not study_cell:
-            folder = run_dir(trainer)
-            print(f"run folder: {folder}" + (f" (best checkpoint: {best})" if best else ""))
+        if not study_cell and trainer.loggers:
+            print(f"run folder: {run_dir(trainer)}" + (f" (best checkpoint: {best})" if best else ""))
     return metrics
+
+
+def _log_into(trainer: Trainer, version: str) -> None:
+    """Make the CSV logger write into ``<save_dir>/<name>/<version>`` (a folder to resume in), unless
+    the config fixed its version. ``trainer.loggers`` is public; CSVLogger keeps the version it was given."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = list(trainer.loggers)
+    for i, logger in enumerate(loggers):
+        if type(logger) is CSVLogger and getattr(logger, "_version", None) is None:
+            loggers[i] = CSVLogger(save_dir=logger.save_dir, name=logger.name, version=version)
+    trainer.loggers = loggers
+
+
+def _resolve_resume(trainer: Trainer, resume: str | None) -> str | None:
+    """The checkpoint file a resume starts from; the CSV logger is pointed at its run folder."""
+    if resume is None:
+        return None
+    target = Path(resume)
+    if resume == "last":
+        here = last_checkpoint(run_dir(trainer)) if trainer.loggers else None
+        logger = next((l for l in trainer.loggers if hasattr(l, "root_dir")), None)
+        found = here or (newest_last_checkpoint(Path(logger.root_dir)) if logger is not None else None)
+        if found is None:
+            print("--ckpt_path last: no checkpoints/last.ckpt to resume from yet; starting afresh")
+            return None
+        target = found
+    elif target.is_dir():
+        found = last_checkpoint(target)
+        if found is None:
+            raise FileNotFoundError(f"--ckpt_path {resume}: the run folder holds no checkpoints/last.ckpt to resume from")
+        target = found
+    elif not target.is_file():
+        raise FileNotFoundError(f"--ckpt_path {resume}: no such checkpoint file or run folder")
+    folder = target.parent.parent if target.parent.name == "checkpoints" else None
+    if folder is not None and any(Path(getattr(l, "root_dir", "")) == folder.parent for l in trainer.loggers):
+        _log_into(trainer, folder.name)
+    print(f"resuming from {target}")
+    return str(target)
 
 
 def test_class_counts(datamodule: Any) -> dict[str, int]:
@@ -290,7 +363,10 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] in SUBCOMMANDS:
             build_cli(argv)
         else:
-            fit_and_test(argv)
+            argv, resume = _take_option(argv, "--ckpt_path")
+            fit_and_test(argv, resume=resume)
+    except Requeued:
+        raise SystemExit(0) from None
     except Exception as err:
         for folder in _run_folders() - runs_before:
             remove_if_unused(folder)
@@ -298,6 +374,21 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"train.py: error: {explain(err, argv)}\n(add --traceback to see where it failed)", file=sys.stderr)
         raise SystemExit(2 if err.__class__.__name__ == "ArgumentError" else 1) from None
+
+
+def _take_option(argv: list[str], flag: str) -> tuple[list[str], str | None]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE``, and the value (the default command's ``--ckpt_path``)."""
+    out, value, skip = [], None, False
+    for i, word in enumerate(argv):
+        if skip:
+            skip = False
+        elif word == flag and i + 1 < len(argv):
+            value, skip = argv[i + 1], True
+        elif word.startswith(flag + "="):
+            value = word.split("=", 1)[1]
+        else:
+            out.append(word)
+    return out, value
 
 
 def _run_folders(root: str = "runs") -> set[Path]:

@@ -32,14 +32,33 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 
 class RunFolderCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint``, writing into ``<run folder>/checkpoints`` unless given a ``dirpath``."""
+    """Lightning's ``ModelCheckpoint``, writing into ``<run folder>/checkpoints`` unless given a ``dirpath``,
+    and keeping a true ``last.ckpt``.
+
+    Lightning's ``save_last`` refreshes ``last.ckpt`` only when the monitored value improves, so a
+    killed run would resume from its best epoch, not its last. Here, with ``save_last`` unset or
+    ``true``, ``last.ckpt`` is rewritten (atomically, by the trainer's checkpoint writer) at the end of
+    every training epoch, after validation; ``save_last: false`` keeps none, ``link`` is Lightning's.
+    """
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None:
             folder = str(run_dir(trainer) / "checkpoints") if trainer.is_global_zero else None
             self.dirpath = trainer.strategy.broadcast(folder)
+        if not hasattr(self, "true_last"):
+            self.true_last = self.save_last in (None, True)
+            if self.true_last:
+                self.save_last = False  # Lightning's rule for last.ckpt is replaced by the one below
         super().setup(trainer, pl_module, stage)
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.true_last and not trainer.fast_dev_run and not trainer.sanity_checking:
+            path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            self.last_model_path = str(path)  # before saving: the checkpoint's own state names it
+            trainer.save_checkpoint(path, weights_only=False)
 
 
 class SaveConfigToRunFolder(SaveConfigCallback):
@@ -62,6 +81,18 @@ class SaveConfigToRunFolder(SaveConfigCallback):
             config = yaml.safe_load(self.parser.dump(self.config, **keep_none))
             for logger in loggers:
                 logger.log_hyperparams({"config": config})
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """``<run folder>/checkpoints/last.ckpt`` if it exists."""
+    path = Path(folder) / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def newest_last_checkpoint(root: Path) -> Path | None:
+    """The most recently written ``*/checkpoints/last.ckpt`` under a log root (``runs/smallmed``)."""
+    found = sorted(Path(root).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def _keep_none() -> dict[str, bool]:
