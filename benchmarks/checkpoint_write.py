@@ -75,10 +75,23 @@ def main() -> None:
             for name in (list(plugins) if r % 2 == 0 else list(reversed(plugins))):
                 times[name].append(save_round(plugins[name], checkpoint, Path(folder), args.saves))
                 print(f"== round {r} {name}: {times[name][-1] * 1000:.0f} ms", flush=True)
+        print(f"same contents: {'yes' if same_contents(plugins, checkpoint, Path(folder)) else 'NO'}")
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, value in medians.items():
         print(f"{name}: median {value * 1000:.0f} ms per round ({value / args.saves * 1000:.1f} ms per save)")
     print(f"smallmed / lightning: {medians['smallmed'] / medians['lightning']:.2f}")
+
+
+def same_contents(plugins: dict, checkpoint: dict, folder: Path) -> bool:
+    """Whether every plugin's file loads back to the same tensors (what the faster writer must keep)."""
+    loaded = []
+    for name, io in plugins.items():
+        path = folder / f"{name}.ckpt"
+        io.save_checkpoint(checkpoint, path)
+        loaded.append(list(_tensors(io.load_checkpoint(path))))
+        io.remove_checkpoint(path)
+    first = loaded[0]
+    return all(len(other) == len(first) and all(torch.equal(a, b) for a, b in zip(first, other)) for other in loaded[1:])
 
 
 def _tensors(obj):

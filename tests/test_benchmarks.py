@@ -24,8 +24,11 @@ def run(*args: str) -> str:
 def test_loop_overhead_prints_both_loops_and_their_ratio_on_the_device_resident_path():
     out = run("benchmarks/loop_overhead.py", "--model", "test_resnet", "--size", "32", "--images", "32",
               "--epochs", "1", "--device-resident")
-    assert "raw PyTorch loop:" in out and "smallmed (Lightning Trainer + callbacks):" in out
-    assert float(out.split("ratio smallmed / raw:")[1].split()[0]) > 0
+    # both loops see the same images (32 images, one timed epoch of batch 16) and the ratio is theirs
+    assert "32 images timed x 1" in out
+    raw = float(out.split("raw PyTorch loop:")[1].split()[0])
+    ours = float(out.split("smallmed (Lightning Trainer + callbacks):")[1].split()[0])
+    assert float(out.split("ratio smallmed / raw:")[1].split()[0]) == pytest.approx(ours / raw, abs=0.002)
 
 
 def test_results_tables_wide_pivots_recipes_by_n_with_paired_differences_to_fastai(tmp_path):
@@ -80,7 +83,6 @@ def test_seed_batching_gives_each_model_its_own_gradients_and_prints_both_timing
               "--seeds", "2", "--rounds", "2")
     line = next(line for line in out.splitlines() if line.startswith("K=2:"))
     assert "sequential" in line and "batched" in line
-    assert float(line.split("ratio batched / sequential")[1].split()[0].rstrip(";")) > 0
     batched_error = float(line.split("batched ")[-1].split(",")[0])
     single_error = float(line.split("one model ")[1])
     assert batched_error < 1e-4 and single_error < 1e-4
@@ -90,7 +92,7 @@ def test_checkpoint_write_times_both_plugins_and_leaves_no_file(tmp_path):
     out = run("benchmarks/checkpoint_write.py", "--model", "test_efficientnet", "--saves", "3", "--rounds", "2",
               "--dir", str(tmp_path))
     assert out.count("== round") == 4
-    assert float(out.split("smallmed / lightning:")[1].split()[0]) > 0
+    assert "same contents: yes" in out  # the faster writer writes the same checkpoint
     assert list(tmp_path.iterdir()) == []  # every checkpoint removed, the temporary folder too
 
 
@@ -111,14 +113,20 @@ def test_vs_fastai_times_all_three_runs_of_a_seed_and_their_ratios(breastmnist, 
               "--seeds", "0", "--epochs", "1")
     for name in ("fastai fine_tune(1)", "smallmed train.py run", "smallmed study cell"):
         assert f"== seed 0 {name}:" in out, name
-    cell = next(line for line in out.splitlines() if line.strip().startswith("smallmed study cell") and "median" in line)
-    assert float(cell.split("ratio to fastai")[1].split()[0]) > 0
+    medians = {line.split("median")[0].strip(): line for line in out.splitlines() if " median " in line}
+    fastai, cell = medians["fastai fine_tune(1)"], medians["smallmed study cell"]
+    wall = {k: float(v.split("median")[1].split()[0]) for k, v in (("fastai", fastai), ("cell", cell))}
+    assert float(cell.split("ratio to fastai")[1].split()[0]) == pytest.approx(wall["cell"] / wall["fastai"], abs=0.06)
 
 
 def test_cpu_fast_path_runs_every_row(breastmnist, lite0_weights):
     out = run("benchmarks/cpu_fast_path.py", "--data", str(breastmnist), "--weights", str(lite0_weights),
               "--seeds", "0", "--epochs", "1")
     assert out.count("== seed 0 ") == 5
+    # every row after the first computes the same model, up to rounding and the order of float sums
+    aucs = {line.split(":")[0]: float(line.split("test AUC")[1]) for line in out.splitlines() if line.startswith("== seed 0 ")}
+    same_data_path = [auc for row, auc in aucs.items() if "per-image" not in row]
+    assert max(same_data_path) - min(same_data_path) < 0.02, aucs
 
 
 def test_gpu_benchmarks_script_parses_and_passes_only_known_flags():
