@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from smallmed.cli_errors import explain
+from smallmed.cli_errors import explain, given_value
 from smallmed.datamodules.base import SmallImageDataModule
 from smallmed.datamodules.predict import PredictFolderDataModule
 from smallmed.model import SmallMedClassifier
@@ -144,35 +144,9 @@ class SmallMedCLI(LightningCLI):
 
 def linked_values_given(args: list[str] | dict[str, Any] | None) -> dict[str, tuple[Any, str]]:
     """``{key: (value, where)}`` for the link targets ``model.init_args.<key>`` given in ``args`` or its config files."""
-    import yaml
-
-    found: dict[str, tuple[Any, str]] = {}
-    if isinstance(args, dict):
-        model = (args.get("model") or {}) if isinstance(args.get("model"), dict) else {}
-        for key in LINKED:
-            value = (model.get("init_args") or {}).get(key, model.get(key))
-            if value is not None:
-                found[key] = (value, "in the config")
-        return found
-    words = list(sys.argv[1:] if args is None else args)
-    for i, word in enumerate(words):
-        flag, _, inline = word.partition("=")
-        if flag == "--config" and (inline or i + 1 < len(words)):
-            path = Path(inline or words[i + 1])
-            try:
-                config = yaml.safe_load(path.read_text()) or {}
-            except (OSError, yaml.YAMLError):
-                continue
-            model = config.get("model") if isinstance(config, dict) else None
-            if isinstance(model, dict):
-                for key in LINKED:
-                    value = (model.get("init_args") or {}).get(key, model.get(key))
-                    if value is not None:
-                        found[key] = (value, f"in {path}")
-        for key in LINKED:
-            if flag in (f"--model.init_args.{key}", f"--model.{key}") and (inline or i + 1 < len(words)):
-                found[key] = (yaml.safe_load(inline or words[i + 1]), "on the command line")
-    return found
+    words = list(sys.argv[1:]) if args is None else args
+    given = {key: given_value(words, "model", key) for key in LINKED}
+    return {key: found for key, found in given.items() if found is not None}
 
 
 def build_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> SmallMedCLI:

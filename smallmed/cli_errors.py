@@ -45,7 +45,8 @@ def _bullets(text: str) -> list[str]:
     return [" ".join(item) for item in items if item[0] != NONE_TYPE_LINE]
 
 
-def _class_arguments(class_path: str) -> list[str]:
+def class_arguments(class_path: str) -> list[str]:
+    """Constructor arguments of a class, through its ``**kwargs`` chain (empty for an unknown class)."""
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(__import__(module, fromlist=[name]), name)
@@ -63,25 +64,37 @@ def _class_arguments(class_path: str) -> list[str]:
     return names
 
 
+def given_value(args: Sequence[str] | dict[str, Any] | None, section: str, key: str) -> tuple[Any, str] | None:
+    """The value the user gave for ``<section>.init_args.<key>`` (or ``<section>.<key>``) and where: a
+    config file's name, "on the command line" or "in the config"; the last one given wins."""
+    def in_config(config: Any) -> Any:
+        node = config.get(section) if isinstance(config, dict) else None
+        return ((node.get("init_args") or {}).get(key, node.get(key))) if isinstance(node, dict) else None
+
+    if isinstance(args, dict):
+        value = in_config(args)
+        return (value, "in the config") if value is not None else None
+    words = list(args or [])
+    found = None
+    for i, word in enumerate(words):
+        flag, _, inline = word.partition("=")
+        value_text = inline or (words[i + 1] if i + 1 < len(words) else None)
+        if flag == "--config" and value_text:
+            try:
+                value = in_config(yaml.safe_load(Path(value_text).read_text()) or {})
+            except (OSError, yaml.YAMLError):
+                continue
+            if value is not None:
+                found = (value, f"in {value_text}")
+        elif flag in (f"--{section}.init_args.{key}", f"--{section}.{key}") and value_text is not None:
+            found = (yaml.safe_load(value_text), "on the command line")
+    return found
+
+
 def _where(section: str, key: str, args: Sequence[str] | dict[str, Any] | None) -> str:
     """Where the user gave ``section.key``: a config file's name, or the command line."""
-    if isinstance(args, dict):
-        return "in the config"
-    words = list(args or [])
-    flags = (f"--{section}.init_args.{key}", f"--{section}.{key}")
-    if any(w.split("=", 1)[0] in flags for w in words):
-        return "on the command line"
-    files = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--config"]
-    files += [w.split("=", 1)[1] for w in words if w.startswith("--config=")]
-    for file in reversed(files):
-        try:
-            loaded = yaml.safe_load(Path(file).read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        node = loaded.get(section) if isinstance(loaded, dict) else None
-        if isinstance(node, dict) and (key in (node.get("init_args") or {}) or key in node):
-            return f"in {file}"
-    return "in the config"
+    found = given_value(args, section, key)
+    return found[1] if found else "in the config"
 
 
 def _explain_unknown_option(item: str, section: str | None, args) -> str | None:
@@ -90,7 +103,7 @@ def _explain_unknown_option(item: str, section: str | None, args) -> str | None:
         return None
     class_path, key = found.groups()
     section = section or "model"
-    known = _class_arguments(class_path)
+    known = class_arguments(class_path)
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else f" Its options: {', '.join(known)}."
     return f"{section}.init_args.{key} ({_where(section, key, args)}): {class_path.rsplit('.', 1)[-1]} has no option '{key}'.{hint}"

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from smallmed.study.runs import data_section, flags_to_overrides
+from smallmed.study.runs import data_section, flags_to_overrides, read_mapping
 
 Executor = Literal["local", "slurm"]
 
@@ -165,11 +163,7 @@ def _check_keys(where: str, raw: dict[str, Any], cls: type) -> None:
 def load_study_config(path: str | Path) -> StudyConfig:
     """Read and check a study YAML file; unknown keys and names fail with the closest valid key."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"study config not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a study config is a mapping of keys, got {type(raw).__name__}")
+    raw = read_mapping(path, "study config")
     _check_keys(f"{path}: study", raw, StudyConfig)
     missing = [k for k in ("targets", "methods") if k not in raw]
     if missing:

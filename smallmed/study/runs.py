@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from smallmed.cli_errors import class_arguments
 
 SUBCLASS_SECTIONS = ("model", "data")
 RECIPE_DATA_ONLY = ("path", "root", "csv_path", "download", "class_names", "num_classes", "task", "classes", "class_counts")
@@ -85,25 +86,6 @@ def flags_to_overrides(flags: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _accepted_arguments(class_path: str) -> set[str] | None:
-    """Constructor arguments of a data module class, through its ``**kwargs`` chain (None: unknown class)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(__import__(module, fromlist=[name]), name)
-    except (ImportError, AttributeError):
-        return None
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return names
-
-
 def with_data(config: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` with its data section replaced by ``data``: the recipe's settings of the subset and the
     loaders (``train_size``, ``image_size``, ``batch_size``...) carry over where the new class takes
@@ -113,25 +95,30 @@ def with_data(config: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]
     old = out.get("data") or {}
     kept = dict(old.get("init_args") or {})
     if old.get("class_path") != data["class_path"]:
-        accepted = _accepted_arguments(data["class_path"])
-        kept = {k: v for k, v in kept.items() if accepted is None or k in accepted}
+        accepted = class_arguments(data["class_path"])
+        kept = {k: v for k, v in kept.items() if not accepted or k in accepted}
     for key in RECIPE_DATA_ONLY:  # what describes the recipe's own data set never carries over
         kept.pop(key, None)
     out["data"] = {"class_path": data["class_path"], "init_args": {**kept, **copy.deepcopy(dict(data.get("init_args") or {}))}}
     return out
 
 
+def read_mapping(path: str | Path, what: str = "recipe config") -> dict[str, Any]:
+    """A YAML file that must hold a mapping of keys (a recipe or a study config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a {what} is a mapping of keys, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_configs(paths: Sequence[str | Path]) -> dict[str, Any]:
     """Config files merged in order, as ``--config a.yaml --config b.yaml`` merges them."""
     merged: dict[str, Any] = {}
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe config not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file is a mapping of keys, got {type(loaded).__name__}")
-        _merge(merged, loaded)
+        _merge(merged, read_mapping(path))
     return merged
 
 
