@@ -16,6 +16,7 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 
@@ -59,7 +60,16 @@ class BestWeightsInMemory(Callback):
         value = float(value)  # one read-back per validation, as ModelCheckpoint does
         if self._improves(value):
             self.best_score, self.best_epoch = value, trainer.current_epoch
-            self._best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            self._best_state = self._checkpoint_state(trainer, pl_module)
+
+    def _checkpoint_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        """The ``state_dict`` a checkpoint written now would hold: other callbacks may change it in their
+        ``on_save_checkpoint`` (Lightning's ``WeightAveraging`` puts the averaged weights there)."""
+        checkpoint = {"state_dict": {k: v.detach().clone() for k, v in pl_module.state_dict().items()}}
+        for callback in getattr(trainer, "callbacks", []):
+            if callback is not self and is_overridden("on_save_checkpoint", callback, Callback):
+                callback.on_save_checkpoint(trainer, pl_module, checkpoint)
+        return {k: v.detach().clone() for k, v in checkpoint["state_dict"].items()}
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -59,7 +59,9 @@ class GradualUnfreezing(Callback):
     Milestone ``i`` unfreezes the ``i``-th group counted back from the head: with three groups
     (early, late, head) and ``milestones=[0.1, 0.2]``, the late body unfreezes at 10% of training and
     the early body at 20%. Groups without a milestone stay frozen (``milestones=[]`` is a feature
-    extractor). Repeating a milestone unfreezes several groups at once.
+    extractor). Repeating a milestone unfreezes several groups at once. ``train_groups`` train from
+    the start: surgical fine-tuning (Lee et al., ICLR 2023) trains one block and the head, e.g.
+    ``num_groups: stages`` on the model and ``milestones: [], train_groups: [-1]`` (the last stage).
 
     Args:
         milestones: when each body group unfreezes, non-decreasing, in ``unit``.
@@ -69,6 +71,8 @@ class GradualUnfreezing(Callback):
             ``layer_groups()`` nor a timm model.
         num_groups: how to cut a timm model the module holds when it has no ``layer_groups()``:
             a number (default 3), ``"stages"`` or ``"blocks"``.
+        train_groups: body groups that are never frozen (the others follow ``milestones``), by name or
+            by position among the body groups (``0`` the first, ``-1`` the last).
 
     Example:
         >>> trainer = L.Trainer(callbacks=[GradualUnfreezing(milestones=[0.1, 0.2])])  # doctest: +SKIP
@@ -81,6 +85,7 @@ class GradualUnfreezing(Callback):
         bn_policy: BNPolicy = "train",
         groups: GroupPatterns | None = None,
         num_groups: GroupCount | None = None,
+        train_groups: Sequence[str | int] = (),
     ) -> None:
         if unit not in ("fraction", "step", "epoch"):
             raise ValueError(f"unknown unit {unit!r}; choose fraction, step or epoch")
@@ -100,6 +105,7 @@ class GradualUnfreezing(Callback):
         self.bn_policy = bn_policy
         self.patterns = groups
         self.num_groups = num_groups
+        self.train_groups = list(train_groups)
         self.layer_groups: LayerGroups = {}
         self.unfreeze_order: list[str] = []
         self.frozen: set[str] = set()
@@ -115,7 +121,15 @@ class GradualUnfreezing(Callback):
             return
         self.layer_groups = resolve_layer_groups(pl_module, self.patterns, self.num_groups, caller="GradualUnfreezing")
         names = list(self.layer_groups)
-        body = names[:-1]
+        body_names = names[:-1]
+        def known(g: str | int) -> bool:
+            return g in body_names if isinstance(g, str) else -len(body_names) <= g < len(body_names)
+
+        unknown = [g for g in self.train_groups if not known(g)]
+        if unknown:
+            raise ValueError(f"train_groups {unknown} are not body groups of {type(pl_module).__name__}: {body_names}")
+        trained = {g if isinstance(g, str) else body_names[g] for g in self.train_groups}
+        body = [g for g in body_names if g not in trained]
         if len(self.milestones) > len(body):
             raise ValueError(
                 f"{len(self.milestones)} milestones but only {len(body)} body groups to unfreeze {body}; "

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from smallmed.datamodules.device_batches import IndexDataset, augment_batch, centre_crop
+from smallmed.datamodules.intensity import GreyTrivialAugment, grey_trivial_augment
 from smallmed.datamodules.sampling import Sampling, class_counts, sample_subset
 from smallmed.datamodules.transforms import eval_transform, resize_uint8, train_transform
 
@@ -63,6 +65,9 @@ class SmallImageDataModule(L.LightningDataModule):
             ``image_size * 17 / 16``, about the paper's 250 -> 234 ratio).
         rotation: random rotation range in degrees (0 turns it off).
         hflip: random horizontal flips.
+        augment: ``paper`` (rotation, flip, crop) or ``grey_trivial``: the same, then one random
+            intensity operation per image that keeps anatomy (:mod:`smallmed.datamodules.intensity`).
+        augment_strength: the largest strength of ``grey_trivial``'s operations.
         batch_size: training batch size (the paper uses 16).
         eval_batch_size: batch size for val / test / predict.
         num_workers: loader workers of the per-image path (``device_resident=False``); 0 is fastest
@@ -89,6 +94,8 @@ class SmallImageDataModule(L.LightningDataModule):
         resize_to: int | None = None,
         rotation: float = 10.0,
         hflip: bool = True,
+        augment: Literal["paper", "grey_trivial"] = "paper",
+        augment_strength: float = 1.0,
         batch_size: int = 16,
         eval_batch_size: int = 256,
         num_workers: int = 0,
@@ -110,6 +117,10 @@ class SmallImageDataModule(L.LightningDataModule):
             raise ValueError(f"resize_to ({self.resize_to}) must be at least image_size ({image_size})")
         self.rotation = rotation
         self.hflip = hflip
+        if augment not in ("paper", "grey_trivial"):
+            raise ValueError(f"augment must be 'paper' or 'grey_trivial', got {augment!r}")
+        self.augment = augment
+        self.augment_strength = augment_strength
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -276,6 +287,8 @@ class SmallImageDataModule(L.LightningDataModule):
         s = self.splits[split]
         if split == "train":
             transform = train_transform(self.image_size, self.rotation, self.hflip)
+            if self.augment == "grey_trivial":
+                transform = v2.Compose([transform, GreyTrivialAugment(self.augment_strength)])
         else:
             transform = eval_transform(self.image_size)
         return TensorImageDataset(s.images, s.labels, transform)
@@ -328,7 +341,10 @@ class SmallImageDataModule(L.LightningDataModule):
         indices, labels = batch
         images = self.device_images(split, indices.device)[indices]
         if split == "train":
-            return augment_batch(images, self.image_size, self.rotation, self.hflip), labels
+            images = augment_batch(images, self.image_size, self.rotation, self.hflip)
+            if self.augment == "grey_trivial":
+                images = grey_trivial_augment(images, self.augment_strength)
+            return images, labels
         return images, labels
 
     # -------------------------------------------------------------- loaders

@@ -6,7 +6,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -67,6 +67,8 @@ class SpeedUps(Callback):
         weight = next(backbone.parameters())
         self.folds = (
             isinstance(trainer.strategy, SingleDeviceStrategy)
+            # a callback that swaps weights in for validation (EMA, SWA) would swap them under the folded copy
+            and not any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks)
             and weight.device.type == "cpu"
             and weight.dtype == torch.float32
             and not backbone.training
