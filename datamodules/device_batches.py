@@ -15,7 +15,6 @@ flip it samples exactly the stored pixels of the crop.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

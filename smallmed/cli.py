@@ -12,7 +12,9 @@ and in W&B), and ``predict --predictions.images DIR`` predicts a folder of new i
 
 Checkpoints are written by :class:`~smallmed.checkpoint_io.DirectFileCheckpointIO` (the default
 ``trainer.plugins``; a config that sets its own ``plugins`` list replaces it, and ``null`` goes back
-to Lightning's writer).
+to Lightning's writer) into the run folder (:mod:`smallmed.run_folder`), ``last.ckpt`` after every
+epoch; :class:`~smallmed.callbacks.RandomStates` and :class:`~smallmed.preemption.SlurmRequeue`
+make a resumed or requeued run continue exactly.
 """
 
 from __future__ import annotations
@@ -23,20 +25,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
+from smallmed.callbacks.random_states import RandomStates
 from smallmed.cli_errors import explain, given_value
 from smallmed.datamodules.base import SmallImageDataModule
 from smallmed.datamodules.predict import PredictFolderDataModule
 from smallmed.model import SmallMedClassifier
+from smallmed.preemption import Requeued, SlurmRequeue, is_requeued_attempt, slurm_job_id
 from smallmed.prediction import PredictionWriter
 from smallmed.report import RunReport
-from smallmed.callbacks.random_states import RandomStates
-from smallmed.preemption import Requeued, SlurmRequeue, is_requeued_attempt, slurm_job_id
 from smallmed.run_folder import (
     RunFolderCheckpoint,
     SaveConfigToRunFolder,

@@ -42,7 +42,7 @@ def test_a_requeued_run_resumes_from_its_last_epoch_to_the_same_weights(tmp_path
     # what SLURM sends before the time limit, sent now
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     hurried = False
-    while (state := squeue_state(job)) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", ""):
+    while squeue_state(job) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", ""):
         assert time.monotonic() < deadline + 240, (tmp_path / "job.out").read_text()
         if not hurried and waits_for_begin_time(job):  # SLURM holds a requeued job ~2 minutes before it may start again
             hurried = subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"]).returncode == 0
