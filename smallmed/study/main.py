@@ -63,7 +63,8 @@ def write_reports(config: StudyConfig, out: Path) -> dict[str, Any]:
     """``summary.csv``, ``paired.csv``, ``recommendation.txt`` (and ``.csv``) and the learning curves; printed too."""
     rows = merged_rows(out)
     grid = {row_key(c.fields) for c in cells(config)}
-    missing = [c for c in cells(config) if row_key(c.fields) not in {row_key(r) for r in rows if r["status"] == "ok"}]
+    ok = {row_key(r) for r in rows if r["status"] == "ok"}
+    missing = [key for key in grid if key not in ok]
     rows = [r for r in rows if row_key(r) in grid]  # results of cells the config no longer holds stay on disk, unreported
     summary = summarize(rows)
     paired = paired_comparisons(rows, config.comparisons, config.methods)
