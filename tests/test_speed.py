@@ -1,4 +1,5 @@
-"""smallmed.speed: channels-last weights and BatchNorm-folded evaluation change how a run computes, not what."""
+"""smallmed.speed: channels-last weights, the fused Adam kernel and BatchNorm-folded evaluation change how a run
+computes, not what."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from smallmed.model import SmallMedClassifier
 from smallmed.speed import SpeedUps
 from smallmed.speed.batchnorm_folding import FoldedCopy, FoldingMismatch, conv_norm_pairs
 from smallmed.speed.channels_last import prefers_channels_last
+from smallmed.speed.fused_optimizer import use_fused_kernel
 
 
 def model(**kwargs) -> SmallMedClassifier:
@@ -75,6 +77,49 @@ def test_off_leaves_the_run_as_the_model_makes_it():
     assert not m.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(b is probe.live for b in probe.backbones)
     assert speed.folds is None
+
+
+class OptimizerProbe(Callback):
+    """The param groups' kernel options at the first training step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.options = [(g["fused"], g["foreach"]) for g in trainer.optimizers[0].param_groups]
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_auto_on_the_cpu_steps_adam_with_the_fused_kernel(mode):
+    probe, speed = OptimizerProbe(), SpeedUps(mode)
+    train, val = loaders()
+    trainer([speed, probe], limit_val_batches=0, max_epochs=1).fit(model(), train, val)
+    fused = mode == "auto"
+    assert speed.fused_optimizer is fused
+    assert probe.options and all(o == ((True, False) if fused else (None, None)) for o in probe.options)
+
+
+def test_the_fused_kernel_takes_the_same_steps_up_to_rounding():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    twin = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    twin.load_state_dict(net.state_dict())
+    groups = lambda m: [{"params": m[0].parameters(), "lr": 1e-3}, {"params": m[2].parameters(), "lr": 1e-2}]  # noqa: E731
+    plain, fused = torch.optim.AdamW(groups(net), weight_decay=0.01), torch.optim.AdamW(groups(twin), weight_decay=0.01)
+    assert use_fused_kernel(fused)
+    x = torch.randn(32, 8)
+    for _ in range(20):
+        for m, opt in ((net, plain), (twin, fused)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fused_kernel_is_left_alone_where_it_does_not_apply():
+    params = [nn.Parameter(torch.zeros(3))]
+    assert not use_fused_kernel(torch.optim.SGD(params, lr=0.1))  # not a measured kernel
+    assert not use_fused_kernel(torch.optim.Adam(params, differentiable=True))
+    assert not use_fused_kernel(torch.optim.Adam([nn.Parameter(torch.zeros(3, dtype=torch.float64).to_sparse())]))
 
 
 def test_eval_epochs_run_through_the_folded_copy_with_the_live_weights_logits():

@@ -15,19 +15,22 @@ from typing_extensions import override
 from smallmed.callbacks.layer_groups import find_timm_model
 from smallmed.speed.batchnorm_folding import FoldedCopy, FoldingMismatch
 from smallmed.speed.channels_last import prefers_channels_last, to_channels_last
+from smallmed.speed.fused_optimizer import use_fused_kernel
 
 Mode = Literal["auto", "off"]
 
 
 class SpeedUps(Callback):
-    """Channels-last weights and BatchNorm-folded evaluation, each where it measured faster.
+    """Channels-last weights, torch's fused Adam kernel and BatchNorm-folded evaluation, each where it
+    measured faster.
 
     Args:
-        mode: ``auto`` (channels-last on the CPU and for 16-bit GPU runs; folded evaluation on a
-            single CPU device in fp32) or ``off``.
+        mode: ``auto`` (channels-last on the CPU and for 16-bit GPU runs; the fused Adam / AdamW
+            kernel on the CPU; folded evaluation on a single CPU device in fp32) or ``off``.
 
     Attributes:
         channels_last: whether this run's weights are NHWC (set in ``setup``).
+        fused_optimizer: whether the run's optimizers use torch's fused kernel (set at fit start).
         folds: whether eval epochs run through the folded copy (set at the first eval epoch).
     """
 
@@ -36,6 +39,7 @@ class SpeedUps(Callback):
             raise ValueError(f"speed mode must be 'auto' or 'off', got {mode!r}")
         self.mode = mode
         self.channels_last = False
+        self.fused_optimizer = False
         self.folds: bool | None = None
         self._folded: FoldedCopy | None = None
         self._swapped: tuple[nn.Module, str, nn.Module] | None = None
@@ -47,6 +51,13 @@ class SpeedUps(Callback):
         self.channels_last = self.mode == "auto" and prefers_channels_last(device, str(trainer.precision))
         if self.channels_last:
             to_channels_last(pl_module)
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Measured on the CPU only (docs/speed.md); CUDA keeps torch's own default.
+        if self.mode == "auto" and trainer.strategy.root_device.type == "cpu":
+            fused = [use_fused_kernel(optimizer) for optimizer in trainer.optimizers]
+            self.fused_optimizer = bool(fused) and all(fused)
 
     # ---------------------------------------------------- folded evaluation
     def _fold_now(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
