@@ -102,7 +102,10 @@ def test_the_fused_kernel_takes_the_same_steps_up_to_rounding():
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
     twin = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
     twin.load_state_dict(net.state_dict())
-    groups = lambda m: [{"params": m[0].parameters(), "lr": 1e-3}, {"params": m[2].parameters(), "lr": 1e-2}]  # noqa: E731
+
+    def groups(m: nn.Sequential) -> list[dict]:
+        return [{"params": m[0].parameters(), "lr": 1e-3}, {"params": m[2].parameters(), "lr": 1e-2}]
+
     plain, fused = torch.optim.AdamW(groups(net), weight_decay=0.01), torch.optim.AdamW(groups(twin), weight_decay=0.01)
     assert use_fused_kernel(fused)
     x = torch.randn(32, 8)

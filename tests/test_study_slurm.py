@@ -58,9 +58,13 @@ def study_file(tmp_path: Path, name: str, targets: dict, **extra) -> Path:
     return path
 
 
-def results(out: Path) -> dict[tuple, dict]:
+def results_rows(out: Path) -> list[dict]:
     with (out / "results.csv").open() as f:
-        return {(r["target"], r["seed"]): r for r in csv.DictReader(f)}
+        return list(csv.DictReader(f))
+
+
+def results(out: Path) -> dict[tuple, dict]:
+    return {(r["target"], r["seed"]): r for r in results_rows(out)}
 
 
 def test_a_study_over_a_png_folder_and_a_dicom_manifest_runs_locally_and_on_slurm_alike(tmp_path, own_files, slurm_cluster):
@@ -75,6 +79,24 @@ def test_a_study_over_a_png_folder_and_a_dicom_manifest_runs_locally_and_on_slur
         assert float(there[key]["test_auroc"]) == pytest.approx(float(row["test_auroc"]), abs=1e-6), key
     assert list((on_slurm / "parts").glob("slurm-*.csv")) and list((on_slurm / "slurm").iterdir())
     assert (on_slurm / "recommendation.txt").read_text().startswith("at N=20 on dicoms")
+
+
+def test_learning_curves_on_a_folder_from_a_source_stage_fitted_on_a_manifest(tmp_path, own_files):
+    """Targeted transfer on a user's own files: the source stage trains on the DICOM manifest (all of its
+    training split), the target is the PNG folder at two N (the patient splits and the nesting of the
+    subsets across N are the data modules', tested with them)."""
+    stage = {"config": str(REPO / "configs/finetune_constant.yaml"), "data": own_files["dicoms"],
+             "overrides": {**TINY, "data.init_args.train_size": None}}
+    out = run_study(load_study_config(study_file(
+        tmp_path, "curves", {"pngs": own_files["pngs"]}, seeds=[0, 1], sizes=[20, 40], sources={"none": False},
+        source_stages={"own_chest": stage}, comparisons=[["own_chest", "none"]])))
+    rows = list(results_rows(out))
+    assert sorted((r["source"], r["train_size"], r["seed"]) for r in rows) == [
+        (s, n, seed) for s in ("none", "own_chest") for n in ("20", "40") for seed in ("0", "1")]
+    assert {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows]
+    assert len(list((out / "sources").glob("own_chest-*.ckpt"))) == 1  # fitted once, for every cell
+    recommendation = (out / "recommendation.txt").read_text()
+    assert "at N=20 on pngs" in recommendation and "at N=40 on pngs" in recommendation
 
 
 def test_a_cancelled_array_resumes_and_ends_with_every_cell_done_once(tmp_path, own_files, slurm_cluster):
