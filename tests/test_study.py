@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import csv
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -248,3 +251,20 @@ def test_any_config_key_is_a_grid_axis_and_the_study_ends_with_a_recommendation(
     text = (out / "recommendation.txt").read_text()
     assert text.startswith("at N=50 on breast ") and "model.init_args.lr=" in text
     assert text.strip() in capsys.readouterr().out
+
+
+def test_on_a_slurm_login_node_local_cells_do_not_each_tell_the_user_to_use_srun(tmp_path, breastmnist):
+    """Lightning warns, for every trainer, that `srun` is on the PATH but not used; a local study's cells
+    are meant to run without it, so the study says nothing of the kind (here `srun` is a stand-in)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    config = write_study(tmp_path, breastmnist, seeds=[0], methods={"constant": str(REPO / "configs/finetune_constant.yaml")},
+                         comparisons=[])
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "study", "--config", str(config)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[study] 1 runs ok" in done.stdout + done.stderr
+    assert "is available on your system but is not used" not in done.stdout + done.stderr
