@@ -5,8 +5,8 @@
 Times the same study cell (``vs_fastai.py``'s) several ways, in one process: everything off
 (``--speed.mode off``, per-image torchvision augmentation), then device-resident batched
 augmentation (the data module's default), channels-last weights, torch's fused Adam kernel, and
-BatchNorm folded into eval passes (``--speed.mode auto``: today's defaults). The order alternates from seed to seed. Prints each run's wall time and test AUC,
-then per row the median wall time, the mean test AUC and the ratio to the first row. The AUC moves
+BatchNorm folded into eval passes (``--speed.mode auto``: today's defaults). The order alternates
+from seed to seed. Prints each run's wall time and test AUC, then per row the median wall time, the mean test AUC and the ratio to the first row. The AUC moves
 from row to row (other rounding, another augmentation stream); whether it moves on average is a
 question for many seeds (``compare_recipes.py``).
 """

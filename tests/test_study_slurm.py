@@ -90,7 +90,7 @@ def test_learning_curves_on_a_folder_from_a_source_stage_fitted_on_a_manifest(tm
     out = run_study(load_study_config(study_file(
         tmp_path, "curves", {"pngs": own_files["pngs"]}, seeds=[0, 1], sizes=[20, 40], sources={"none": False},
         source_stages={"own_chest": stage}, comparisons=[["own_chest", "none"]])))
-    rows = list(results_rows(out))
+    rows = results_rows(out)
     assert sorted((r["source"], r["train_size"], r["seed"]) for r in rows) == [
         (s, n, seed) for s in ("none", "own_chest") for n in ("20", "40") for seed in ("0", "1")]
     assert {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows]

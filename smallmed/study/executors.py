@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,10 @@ def _stamp() -> str:
 
 
 # ------------------------------------------------------------------------------------------ local
-def _no_srun_hint() -> None:
-    """Local cells are meant to run without ``srun``: on a SLURM login node Lightning would say, for each
-    of them, that ``srun`` is available but not used, with advice that does not apply to a study."""
-    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
-
-
 def _worker(config: StudyConfig, todo: list[Cell], sources: dict[str, Any], out: Path, part: Path, threads: int,
             single_process: bool = False) -> None:
     import torch
 
-    _no_srun_hint()
     if threads:
         torch.set_num_threads(threads)
     run_cells(config, todo, sources, out, part, single_process)
@@ -43,7 +35,6 @@ def run_local(config: StudyConfig, todo: list[Cell], sources: dict[str, Any], ou
     with CUDA) processes, each paying start-up and warm-up once for many cells."""
     stamp = _stamp()
     workers = max(1, min(workers, len(todo)))
-    _no_srun_hint()
     if workers == 1:
         run_cells(config, todo, sources, out, out / "parts" / f"local-{stamp}.csv")
         return
@@ -70,7 +61,6 @@ def run_local(config: StudyConfig, todo: list[Cell], sources: dict[str, Any], ou
 def fit_sources_local(config: StudyConfig, names: list[str], out: Path) -> dict[str, str]:
     """Fit (or read from cache) the named source stages here; ``{name: error}`` for those that failed."""
     failed = {}
-    _no_srun_hint()
     for name in names:
         try:
             fit_source_stage(config, name, out)

@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from smallmed.study.config import RECIPE_SOURCE, StudyConfig
 from smallmed.study.results import append_row
 from smallmed.study.runs import RunSpec, config_digest, csv_logger, run_spec
+
+# The study runs its cells as trainers of their own, never under `srun` (SLURM cells get Lightning's
+# LightningEnvironment, or `srun` itself for multi-device cells): on a SLURM login node Lightning would
+# otherwise advise, for every cell, to prepend `srun`. Set here, where every study process imports it.
+warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
 
 CHECKPOINT_IO = {"class_path": "smallmed.checkpoint_io.DirectFileCheckpointIO"}
 SINGLE_PROCESS = {"class_path": "lightning.fabric.plugins.environments.LightningEnvironment"}
