@@ -19,6 +19,8 @@ from smallmed.callbacks.head_reparameterization import CosineClassifier, HeadRep
 from smallmed.callbacks.layer_groups import LayerGroups, resolve_layer_groups, timm_layer_groups
 from smallmed.callbacks.param_groups import layer_param_groups
 from smallmed.callbacks.random_states import RandomStates
+from smallmed.callbacks.weight_averaging import UniformWeightAveraging
+from smallmed.callbacks.wise_ft import WiSEFT
 
 __all__ = [
     "BestWeightsInMemory",
@@ -28,6 +30,8 @@ __all__ = [
     "HeadReparameterization",
     "LayerGroups",
     "RandomStates",
+    "UniformWeightAveraging",
+    "WiSEFT",
     "first_unfreezing_step",
     "layer_param_groups",
     "lr_multipliers",

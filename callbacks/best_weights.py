@@ -45,6 +45,15 @@ class BestWeightsInMemory(Callback):
         self.best_epoch: int | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
 
+    @property
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        """The weights restored at the end of fit; another callback may replace them (WiSE-FT's mix)."""
+        return self._best_state
+
+    @best_state.setter
+    def best_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._best_state = state
+
     def _improves(self, value: float) -> bool:
         if self.best_score is None:
             return True
