@@ -19,6 +19,7 @@ or a ``wise_ft.ckpt`` written beside the best checkpoint that ``trainer.test(ckp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -112,7 +113,7 @@ class WiSEFT(Callback):
         for alpha in self.alphas:
             pl_module.load_state_dict(self.mix(self._start, tuned, alpha, keep))
             self.scores[alpha] = validation_auroc(trainer, pl_module)
-        finite = {a: s for a, s in self.scores.items() if s == s}
+        finite = {a: s for a, s in self.scores.items() if not math.isnan(s)}
         self.alpha = max(finite, key=lambda a: (finite[a], a)) if finite else 1.0
         chosen = self.mix(self._start, tuned, self.alpha, keep)
         pl_module.load_state_dict(chosen)
