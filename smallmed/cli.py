@@ -241,6 +241,9 @@ def fit_and_test(
     # The run report prints a short table of the test metrics; Lightning's long one is left out.
     results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    selected = selection_score(trainer)
+    if selected is not None:
+        metrics["val/best"] = selected
     counts = test_class_counts(cli.datamodule)  # absent in the launcher of ddp_spawn
     if counts:
         metrics["test/images"] = len(cli.datamodule.splits["test"].labels)
@@ -307,6 +310,18 @@ def test_class_counts(datamodule: Any) -> dict[str, int]:
     if not callable(summary) or not splits or "test" not in splits:
         return {}
     return dict(zip(datamodule.class_names, summary()["test"]))
+
+
+def selection_score(trainer) -> float | None:
+    """The monitored validation value of the weights the run kept (the best checkpoint's, or the
+    in-memory best's), as a float; ``None`` without selection."""
+    from smallmed.callbacks import BestWeightsInMemory
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, BestWeightsInMemory) and callback.best_score is not None:
+            return float(callback.best_score)
+    score = getattr(trainer.checkpoint_callback, "best_model_score", None) if trainer.checkpoint_callback else None
+    return None if score is None else float(score)
 
 
 def _make_lean(trainer) -> None:

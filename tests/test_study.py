@@ -268,3 +268,55 @@ def test_on_a_slurm_login_node_local_cells_do_not_each_tell_the_user_to_use_srun
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[study] 1 runs ok" in done.stdout + done.stderr
     assert "is available on your system but is not used" not in done.stdout + done.stderr
+
+
+def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path, breastmnist):
+    import torch
+
+    from smallmed.study.derived import headline_auroc
+    from smallmed.study.predictions import predictions_path
+
+    config = write_study(tmp_path, breastmnist, seeds=[0, 1], ensembles={"constant": [2, 3]},
+                         auto={"auto": ["paper", "constant"]}, comparisons=[["constant_x3", "constant"], ["auto", "paper"]])
+    study_main(["--config", str(config)])
+    out = tmp_path / "study"
+    results = rows(out)
+    members = sorted((r["variant"], r["seed"]) for r in results if r["variant"])
+    assert members == [("member=1", "0"), ("member=1", "1"), ("member=2", "0"), ("member=2", "1")]
+    assert all(r["val_auroc"] for r in results)
+
+    def saved(member: int, seed: int) -> dict:
+        name = "breast/none/constant/N50" + (f"/member={member}" if member else "")
+        return torch.load(predictions_path(out, name, seed), weights_only=True)
+
+    plain = {int(r["seed"]): r for r in results if r["method"] == "constant" and not r["variant"]}
+    first = saved(0, 0)
+    assert headline_auroc(first["task"], first["probs"], first["targets"]) == pytest.approx(float(plain[0]["test_auroc"]), abs=1e-6)
+    assert not torch.equal(first["probs"], saved(1, 0)["probs"])  # another training seed, the same subset
+    torch.testing.assert_close(first["targets"], saved(1, 0)["targets"])
+
+    with (out / "summary.csv").open() as f:
+        summary = {(r["method"], r["variant"]): r for r in csv.DictReader(f)}
+    assert {"constant_x2", "constant_x3", "auto"} <= {m for m, _ in summary} and not any(v for _, v in summary)
+    expected_x2 = [headline_auroc("binary", (saved(0, s)["probs"] + saved(1, s)["probs"]) / 2, saved(0, s)["targets"])
+                   for s in (0, 1)]
+    assert float(summary[("constant_x2", "")]["auroc_mean"]) == pytest.approx(sum(expected_x2) / 2, abs=1e-6)
+    walls = [float(r["wall_s"]) for r in results if r["method"] == "constant" and r["variant"] in ("", "member=1")]
+    assert float(summary[("constant_x2", "")]["wall_s_mean"]) == pytest.approx(sum(walls) / 2, abs=0.02)  # K runs' cost
+
+    by_seed = {(r["method"], int(r["seed"])): r for r in results if not r["variant"]}
+    expected_auto = [max(("paper", "constant"), key=lambda m: float(by_seed[(m, s)]["val_auroc"])) for s in (0, 1)]
+    auto_mean = sum(float(by_seed[(m, s)]["test_auroc"]) for m, s in zip(expected_auto, (0, 1))) / 2
+    assert float(summary[("auto", "")]["auroc_mean"]) == pytest.approx(auto_mean, abs=1e-6)
+    with (out / "paired.csv").open() as f:
+        assert {r["compare"] for r in csv.DictReader(f)} == {"constant_x3 - constant", "auto - paper"}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"ensembles": {"papr": [3]}}, "ensembles: 'papr' is not a method of the study"),
+    ({"ensembles": {"paper": [1]}}, r"ensembles.paper needs a list of ensemble sizes K >= 2"),
+    ({"auto": {"auto": ["paper", "fe"]}}, r"auto.auto needs a list of at least two methods.*\['fe'\] unknown"),
+])
+def test_ensemble_and_auto_settings_are_checked_by_name(tmp_path, breastmnist, extra, message):
+    with pytest.raises(ValueError, match=message):
+        load_study_config(write_study(tmp_path, breastmnist, **extra))

@@ -15,6 +15,8 @@ A study YAML file reads like this (every section but ``targets`` and ``methods``
     grid: {model.init_args.backbone: [tf_efficientnet_lite0, resnet18]}   # more axes: any config key
     overrides: {trainer.max_epochs: 20}                                   # every run
     comparisons: [[paper, feature_extractor]]
+    ensembles: {paper: [3, 5]}    # derived methods paper_x3, paper_x5: K runs' test probabilities averaged
+    auto: {auto: [feature_extractor, paper]}   # per seed, the candidate of best val AUC
     executor: local               # or slurm (see `slurm:`)
 """
 
@@ -100,6 +102,10 @@ class StudyConfig:
         grid: further axes, ``{dotted config key: [values]}``.
         overrides: ``{dotted key: value}`` for every target run (or the older list of flags).
         comparisons: pairs ``[a, b]`` of method or source names to compare, paired by seed.
+        ensembles: ``method -> [K, ...]``: derived methods ``<method>_x<K>``, the mean test probabilities of
+            K runs on each subset (:mod:`smallmed.study.derived`); runs K-1 extra members per cell.
+        auto: ``name -> [candidate methods]``: a derived method that takes, per subset seed, the
+            candidate whose selected checkpoint had the best validation AUC (no extra runs).
         out_dir: where results, logs and cached source checkpoints go.
         wandb_project: when set, every run also logs to W&B, grouped by cell.
         keep_checkpoints: keep each run's checkpoints and report pictures (about 40 MB a run); off, a
@@ -118,6 +124,8 @@ class StudyConfig:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     overrides: dict[str, Any] | list[str] = field(default_factory=dict)
     comparisons: list[list[str]] = field(default_factory=list)
+    ensembles: dict[str, list[int]] = field(default_factory=dict)
+    auto: dict[str, list[str]] = field(default_factory=dict)
     out_dir: str = "runs/study"
     wandb_project: str | None = None
     keep_checkpoints: bool = False
@@ -141,6 +149,13 @@ class StudyConfig:
     @property
     def run_overrides(self) -> dict[str, Any]:
         return flags_to_overrides(self.overrides) if isinstance(self.overrides, list) else dict(self.overrides)
+
+    @property
+    def derived_methods(self) -> list[str]:
+        """Methods made from other runs' results: ensembles, then auto choices."""
+        from smallmed.study.derived import ensemble_name
+
+        return [ensemble_name(m, k) for m, ks in self.ensembles.items() for k in ks] + list(self.auto)
 
     def method_configs(self, method: str) -> list[str]:
         files = self.methods[method]
@@ -190,7 +205,19 @@ def check_study_config(config: StudyConfig, where: str = "study") -> None:
             data_section(data)
         except ValueError as err:
             raise ValueError(f"{where}: target {name!r}: {err}") from err
-    names = set(config.methods) | set(config.source_names)
+    for method, sizes in config.ensembles.items():
+        if method not in config.methods:
+            raise ValueError(f"{where}: ensembles: {method!r} is not a method of the study ({sorted(config.methods)})")
+        if not isinstance(sizes, list) or not sizes or any(not isinstance(k, int) or k < 2 for k in sizes):
+            raise ValueError(f"{where}: ensembles.{method} needs a list of ensemble sizes K >= 2, got {sizes!r}")
+    for name, candidates in config.auto.items():
+        if name in config.methods:
+            raise ValueError(f"{where}: auto: {name!r} is already a method; give the auto choice another name")
+        unknown = [c for c in (candidates or []) if c not in config.methods]
+        if not isinstance(candidates, list) or len(candidates) < 2 or unknown:
+            raise ValueError(f"{where}: auto.{name} needs a list of at least two methods of the study, got {candidates!r}"
+                             + (f" ({unknown} unknown; methods: {sorted(config.methods)})" if unknown else ""))
+    names = set(config.methods) | set(config.source_names) | set(config.derived_methods)
     for pair in config.comparisons:
         if len(pair) != 2 or any(p not in names for p in pair):
             raise ValueError(f"{where}: comparison {pair} must name two methods or two sources of {sorted(names)}")

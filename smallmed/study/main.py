@@ -12,7 +12,8 @@ from smallmed.study import executors
 from smallmed.study.config import StudyConfig, load_study_config
 from smallmed.study.plots import plot_learning_curves
 from smallmed.study.results import append_row, merged_rows, row_key, write_results
-from smallmed.study.runner import cells, source_checkpoint
+from smallmed.study.derived import auto_rows, ensemble_rows, is_member
+from smallmed.study.runner import cells, member_cell_name, source_checkpoint
 from smallmed.study.summary import paired_comparisons, recommend, summarize, write_csv
 
 
@@ -59,6 +60,13 @@ def _prepare_sources(config: StudyConfig, out: Path, needed: set[str], slurm: bo
     return sources, failed
 
 
+def with_derived(config: StudyConfig, out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows a report covers: the runs (ensemble members inside their ensembles only) and the derived
+    methods' rows (seed ensembles, auto choices)."""
+    derived = ensemble_rows(out, rows, config.ensembles, member_cell_name) + auto_rows(rows, config.auto)
+    return [r for r in rows if not is_member(r)] + derived
+
+
 def write_reports(config: StudyConfig, out: Path) -> dict[str, Any]:
     """``summary.csv``, ``paired.csv``, ``recommendation.txt`` (and ``.csv``) and the learning curves; printed too."""
     rows = merged_rows(out)
@@ -66,8 +74,9 @@ def write_reports(config: StudyConfig, out: Path) -> dict[str, Any]:
     ok = {row_key(r) for r in rows if r["status"] == "ok"}
     missing = [key for key in grid if key not in ok]
     rows = [r for r in rows if row_key(r) in grid]  # results of cells the config no longer holds stay on disk, unreported
+    rows = with_derived(config, out, rows)
     summary = summarize(rows)
-    paired = paired_comparisons(rows, config.comparisons, config.methods)
+    paired = paired_comparisons(rows, config.comparisons, [*config.methods, *config.derived_methods])
     advice = recommend(rows)
     write_csv(out / "summary.csv", summary)
     write_csv(out / "paired.csv", paired)

@@ -18,7 +18,7 @@ from typing import Any
 
 RESULT_FIELDS = [
     "target", "source", "method", "train_size", "variant", "seed", "status",
-    "test_auroc", "test_acc", "test_f1", "test_images", "wall_s", "error",
+    "test_auroc", "test_acc", "test_f1", "test_images", "wall_s", "error", "val_auroc", "note",
 ]
 KEY_FIELDS = ("target", "source", "method", "train_size", "variant", "seed")
 

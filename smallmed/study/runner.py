@@ -18,6 +18,8 @@ from typing import Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from smallmed.study.config import RECIPE_SOURCE, StudyConfig
+from smallmed.study.derived import MEMBER_KEY, member_seed
+from smallmed.study.predictions import predictions_path
 from smallmed.study.results import append_row
 from smallmed.study.runs import RunSpec, config_digest, csv_logger, run_spec
 
@@ -58,14 +60,26 @@ class Cell:
 
 
 def cells(config: StudyConfig) -> Iterator[Cell]:
-    """Every cell, seeds innermost, so early results already cover every configuration."""
+    """Every cell, seeds innermost, so early results already cover every configuration; the extra
+    members of seed ensembles last (member k of a cell: ``member=k`` in its variant)."""
     axes = list(config.grid.items())
     variants = [tuple(zip([k for k, _ in axes], values)) for values in itertools.product(*[v for _, v in axes])]
     sizes = config.sizes if config.sizes is not None else [None]
-    for target, source, method, size, variant, seed in itertools.product(
-        config.targets, config.source_names, config.methods, sizes, variants, config.seed_list
-    ):
+    grid = list(itertools.product(config.targets, config.source_names, config.methods, sizes, variants, config.seed_list))
+    for target, source, method, size, variant, seed in grid:
         yield Cell(target, source, method, None if size is None else int(size), variant, seed)
+    for member in range(1, max((max(ks) for ks in config.ensembles.values()), default=1)):
+        for target, source, method, size, variant, seed in grid:
+            if member < max(config.ensembles.get(method, [0])):
+                yield Cell(target, source, method, None if size is None else int(size), (*variant, (MEMBER_KEY, member)), seed)
+
+
+def member_cell_name(row: dict[str, Any], member: int) -> str:
+    """The name of member ``member`` of the cell a result row belongs to (0: the cell itself)."""
+    variant = tuple(tuple(part.split("=", 1)) for part in str(row.get("variant") or "").split(";") if part)
+    variant = tuple(kv for kv in variant if kv[0] != MEMBER_KEY) + (((MEMBER_KEY, member),) if member else ())
+    size = int(row["train_size"]) if str(row["train_size"]).strip() else None
+    return Cell(row["target"], row["source"], row["method"], size, variant, int(row["seed"])).name
 
 
 def _loggers(save_dir: Path, wandb_project: str | None, group: str, name: str) -> list[dict[str, Any]]:
@@ -89,7 +103,13 @@ def cell_spec(config: StudyConfig, cell: Cell, sources: dict[str, Any], out: Pat
     overrides["seed_everything"] = cell.seed
     if cell.source != RECIPE_SOURCE:
         overrides["model.init_args.pretrained"] = sources[cell.source]
-    overrides.update(dict(cell.variant))
+    variant = dict(cell.variant)
+    member = variant.pop(MEMBER_KEY, 0)
+    overrides.update(variant)
+    if member:  # an ensemble member: the same subset, another training seed
+        overrides["seed_everything"] = member_seed(cell.seed, int(member))
+    overrides["trainer.callbacks+"] = [{"class_path": "smallmed.study.predictions.SaveTestProbabilities",
+                                        "init_args": {"path": str(predictions_path(out, cell.name, cell.seed))}}]
     overrides["trainer.logger"] = _loggers(out / "logs" / cell.name / f"seed{cell.seed}", config.wandb_project, cell.name,
                                            f"seed{cell.seed}")
     if single_process:
@@ -111,7 +131,7 @@ def run_cell(config: StudyConfig, cell: Cell, sources: dict[str, Any], out: Path
             metrics = run_spec(spec, lean=not config.keep_checkpoints)
         wall = metrics["wall_s"]
         row.update(status="ok", test_auroc=metrics.get("test/auroc"), test_acc=metrics.get("test/acc"),
-                   test_f1=metrics.get("test/f1"), test_images=metrics.get("test/images"))
+                   test_f1=metrics.get("test/f1"), test_images=metrics.get("test/images"), val_auroc=metrics.get("val/best"))
     except SystemExit as exit_:
         # The config parser exits with 2 after printing why; Lightning turns SIGTERM (SIGTERMException)
         # and Ctrl-C (exit 1) into SystemExit too, and those stop the study, not just this cell.

@@ -33,7 +33,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in _ok(rows):
         key = (r["target"], r["source"], r["method"], _size(r["train_size"]), r.get("variant") or "")
         groups.setdefault(key, []).append(float(r["test_auroc"]))
-        walls.setdefault(key, []).append(float(r["wall_s"] or 0))
+        walls.setdefault(key, []).append(float(r.get("wall_s") or 0))
     out = []
     for key in sorted(groups, key=_order):
         mean, low, high = mean_ci(groups[key])

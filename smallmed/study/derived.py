@@ -1,0 +1,104 @@
+"""Methods a study derives from the runs it already has: seed ensembles and the ``auto`` choice.
+
+**Seed ensembles** (``ensembles: {paper: [3, 5]}``): the test probabilities of K runs of a method on
+the same training subset, averaged. Member 0 is the method's own cell; member k > 0 is a run with the
+training seed ``seed + 1000 k`` (other head initialisation, batch order and augmentation draws) and the
+same subset. Every cell saves its test probabilities, so K=3 and K=5 share their first three members.
+
+**auto** (``auto: {auto: [feature_extractor, paper]}``): per subset seed, the candidate whose selected
+checkpoint scored the best *validation* AUC, tested as it is. The validation split is the one every
+recipe's checkpoint selection already uses; the test split is never looked at for the choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smallmed import tasks
+from smallmed.study.predictions import predictions_path
+
+MEMBER_KEY = "member"
+MEMBER_SEED_STRIDE = 1000
+
+
+def ensemble_name(method: str, k: int) -> str:
+    return f"{method}_x{k}"
+
+
+def member_seed(seed: int, member: int) -> int:
+    return seed + MEMBER_SEED_STRIDE * member
+
+
+def is_member(row: dict[str, Any]) -> bool:
+    """A member run k > 0 of an ensemble (reported inside its ensembles, not as a method of its own)."""
+    return any(part.split("=", 1)[0] == MEMBER_KEY for part in str(row.get("variant") or "").split(";") if part)
+
+
+def headline_auroc(task: str, probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The test AUC as the model reports it: the mean over the classes the split can measure."""
+    num_classes = 2 if task == "binary" else probs.shape[1]
+    collection = tasks.metrics(task, num_classes, "")
+    collection.update(probs, targets.long())
+    computed = collection.compute()
+    defined = tasks.defined_aucs(computed["stats"])
+    if "auroc_per_class" in computed:
+        per_class = computed["auroc_per_class"]
+        return float(per_class[defined].mean()) if defined.any() else float("nan")
+    return float(computed["auroc"]) if defined.all() else float("nan")
+
+
+def ensemble_rows(out: Path, rows: Iterable[dict[str, Any]], ensembles: dict[str, list[int]],
+                  cell_name: Any) -> list[dict[str, Any]]:
+    """A row per (ensemble, K, subset seed) whose K members all have saved predictions."""
+    rows = [r for r in rows if r["status"] == "ok"]
+    walls = {(r["target"], r["source"], r["method"], str(r["train_size"]), r.get("variant") or "", str(r["seed"])):
+             float(r.get("wall_s") or 0) for r in rows}
+    derived = []
+    for row in rows:
+        method = row["method"]
+        if method not in ensembles or is_member(row):
+            continue
+        seed = int(row["seed"])
+        members = [predictions_path(out, cell_name(row, 0), seed)]
+        members += [predictions_path(out, cell_name(row, k), seed) for k in range(1, max(ensembles[method]))]
+        for k in sorted(ensembles[method]):
+            if not all(p.is_file() for p in members[:k]):
+                continue
+            saved = [torch.load(p, weights_only=True) for p in members[:k]]
+            probs = torch.stack([s["probs"] for s in saved]).mean(0)
+            auc = headline_auroc(saved[0]["task"], probs, saved[0]["targets"])
+            variant = row.get("variant") or ""
+            wall = sum(walls.get((row["target"], row["source"], method, str(row["train_size"]),
+                                  ";".join(filter(None, [variant, f"{MEMBER_KEY}={m}" if m else ""])), str(seed)), 0.0)
+                       for m in range(k))
+            derived.append({**{f: row[f] for f in ("target", "source", "train_size", "variant", "seed")},
+                            "method": ensemble_name(method, k), "status": "ok", "test_auroc": auc,
+                            "test_images": row.get("test_images", ""), "wall_s": round(wall, 2),
+                            "note": f"mean of {k} runs' test probabilities"})
+    return derived
+
+
+def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """A row per (auto method, subset seed) with every candidate done: the candidate of best val AUC."""
+    by_run: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] == "ok" and not is_member(r):
+            key = (r["target"], r["source"], str(r["train_size"]), r.get("variant") or "", str(r["seed"]))
+            by_run.setdefault(key, {})[r["method"]] = r
+    derived = []
+    for name, candidates in auto.items():
+        for key, methods in by_run.items():
+            if not all(c in methods and methods[c].get("val_auroc") not in ("", None) for c in candidates):
+                continue
+            chosen = max(candidates, key=lambda c: float(methods[c]["val_auroc"]))  # ties: the first listed
+            picked = methods[chosen]
+            derived.append({**{f: picked[f] for f in ("target", "source", "train_size", "variant", "seed")},
+                            "method": name, "status": "ok", "test_auroc": picked["test_auroc"],
+                            "test_acc": picked.get("test_acc", ""), "test_f1": picked.get("test_f1", ""),
+                            "test_images": picked.get("test_images", ""), "val_auroc": picked["val_auroc"],
+                            "note": f"chose {chosen} by val AUC"})
+    return derived
