@@ -17,11 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smallmed.stats import mean_ci, paired_difference  # noqa: E402
+from smallmed.study.derived import is_member  # noqa: E402
 
 
 def load(path: str) -> list[dict]:
+    """The ok rows of a results file, without seed-ensemble members (their ensembles come in ``derived.csv``)."""
     with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("status", "ok") == "ok"]
+        return [r for r in csv.DictReader(f) if r.get("status", "ok") == "ok" and not is_member(r)]
 
 
 def by_seed(rows: list[dict]) -> dict[int, float]:
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("results", nargs="+", help="study results.csv files")
     parser.add_argument("--peer", action="append", default=[], help="TARGET=fastai_peer CSV")
     parser.add_argument("--wide", action="store_true", help="learning-curve tables: one row per recipe, one column per N")
+    parser.add_argument("--baseline", default=None, help="also print every recipe's paired difference to this method (e.g. paper)")
     parser.add_argument("--plot", default=None, help="also draw learning_curve_<target>.png of every cell (fastai included) into this folder")
     args = parser.parse_args()
     cells: dict[tuple, dict[int, float]] = {}
@@ -46,7 +49,7 @@ def main() -> None:
         for r in load(path):
             key = (r["target"], r["source"], r["method"], int(r["train_size"]))
             cells.setdefault(key, {})[int(r["seed"])] = float(r["test_auroc"])
-            walls.setdefault(key, []).append(float(r["wall_s"]))
+            walls.setdefault(key, []).append(float(r["wall_s"] or 0))
     for spec in args.peer:
         target, _, path = spec.partition("=")
         rows = load(path)
@@ -55,6 +58,8 @@ def main() -> None:
             cells.setdefault(key, {})[int(r["seed"])] = float(r["test_auroc"])
             walls.setdefault(key, []).append(float(r["wall_s"]))
 
+    if args.baseline:
+        print_against(cells, args.baseline)
     if args.plot:
         plot(cells, Path(args.plot))
     if args.wide:
@@ -84,6 +89,25 @@ def main() -> None:
             if other > source and other_key in cells and method != "fastai fine_tune":
                 mean, low, high, pairs = paired_difference(cells[key], cells[other_key])
                 print(f"| {target} | {method}: {source} - {other} | {n} | {pairs} | {fmt(mean, low, high, True)} |")
+
+
+def print_against(cells: dict[tuple, dict[int, float]], baseline: str) -> None:
+    """Every recipe minus ``baseline`` (same target, source, N), paired by subset seed, one column per target."""
+    targets = sorted({k[0] for k in cells})
+    for n in sorted({k[3] for k in cells}):
+        print(f"\n**N={n}**: each recipe minus {baseline}, paired by subset seed, mean [95% CI] (pairs)\n")
+        print("| recipe (source) | " + " | ".join(targets) + " |\n|---|" + "---|" * len(targets))
+        for source, method in sorted({(k[1], k[2]) for k in cells if k[3] == n and k[2] != baseline}):
+            row = []
+            for target in targets:
+                a, b = cells.get((target, source, method, n)), cells.get((target, source, baseline, n))
+                if a and b:
+                    mean, low, high, pairs = paired_difference(a, b)
+                    row.append(f"{fmt(mean, low, high, True)} ({pairs})")
+                else:
+                    row.append("")
+            print(f"| {method} ({source}) | " + " | ".join(row) + " |")
+    print()
 
 
 def plot(cells: dict[tuple, dict[int, float]], out: Path) -> None:

@@ -52,6 +52,27 @@ def test_results_tables_wide_pivots_recipes_by_n_with_paired_differences_to_fast
     assert "+0.090 [" in out  # paper - fastai at N=50: (0.70+0.71+0.72)/3 - (0.60+0.62+0.64)/3
 
 
+def test_results_tables_against_a_baseline_pairs_every_recipe_and_leaves_ensemble_members_out(tmp_path):
+    study, derived = tmp_path / "results.csv", tmp_path / "derived.csv"
+    fields = ["target", "source", "method", "train_size", "variant", "seed", "status", "test_auroc", "wall_s"]
+    for path, rows in (
+        (study, [("paper", "", 0.70), ("ema", "", 0.73), ("paper", "member=1", 0.10)]),
+        (derived, [("paper_x3", "", 0.75)]),
+    ):
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for method, variant, base in rows:
+                for seed in range(3):
+                    writer.writerow({"target": "t", "source": "imagenet", "method": method, "train_size": 50, "variant": variant,
+                                     "seed": seed, "status": "ok", "test_auroc": base + 0.01 * seed * (method == "ema"),
+                                     "wall_s": ""})
+    out = run("benchmarks/results_tables.py", str(study), str(derived), "--baseline", "paper")
+    assert "| t | imagenet | paper | 50 | 3 | 0.700 [" in out  # the member rows (0.10) did not replace the paper runs
+    assert "**N=50**: each recipe minus paper" in out
+    assert "| ema (imagenet) | +0.040 [" in out and "| paper_x3 (imagenet) | +0.050 [+0.050, +0.050] (3) |" in out
+
+
 def test_print_medians_gives_median_ratios_and_per_seed_paired_ratios(capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from vs_fastai import host, print_medians

@@ -62,8 +62,10 @@ def _prepare_sources(config: StudyConfig, out: Path, needed: set[str], slurm: bo
 
 def with_derived(config: StudyConfig, out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows a report covers: the runs (ensemble members inside their ensembles only) and the derived
-    methods' rows (seed ensembles, auto choices)."""
+    methods' rows (seed ensembles, auto choices), which are also written to ``derived.csv``."""
     derived = ensemble_rows(out, rows, config.ensembles, member_cell_name) + auto_rows(rows, config.auto)
+    if derived:
+        write_results(out, derived, name="derived.csv")
     return [r for r in rows if not is_member(r)] + derived
 
 

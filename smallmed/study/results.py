@@ -76,9 +76,9 @@ def merged_rows(out: Path) -> list[dict[str, str]]:
     return merge(rows)
 
 
-def write_results(out: Path, rows: list[dict[str, str]]) -> Path:
-    """Write the merge to ``results.csv`` atomically (a temporary file, then a rename)."""
-    path = out / "results.csv"
+def write_results(out: Path, rows: list[dict[str, str]], name: str = "results.csv") -> Path:
+    """Write the merge to ``results.csv`` (or another ``name``) atomically (a temporary file, then a rename)."""
+    path = out / name
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, lineterminator="\n")
