@@ -17,13 +17,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smallmed.stats import mean_ci, paired_difference  # noqa: E402
-from smallmed.study.derived import is_member  # noqa: E402
+from smallmed.study.derived import is_auxiliary  # noqa: E402
 
 
 def load(path: str) -> list[dict]:
-    """The ok rows of a results file, without seed-ensemble members (their ensembles come in ``derived.csv``)."""
+    """The ok rows of a results file, without the runs made only for derived methods (ensemble members,
+    inner-validation runs): the ensembles and auto choices themselves come in ``derived.csv``."""
     with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("status", "ok") == "ok" and not is_member(r)]
+        return [r for r in csv.DictReader(f) if r.get("status", "ok") == "ok" and not is_auxiliary(r)]
 
 
 def by_seed(rows: list[dict]) -> dict[int, float]:

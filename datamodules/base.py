@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from smallmed.datamodules.device_batches import IndexDataset, augment_batch, centre_crop
 from smallmed.datamodules.intensity import GreyTrivialAugment, grey_trivial_augment
-from smallmed.datamodules.sampling import Sampling, class_counts, sample_subset
+from smallmed.datamodules.sampling import Sampling, class_counts, hold_out, sample_subset
 from smallmed.datamodules.transforms import eval_transform, resize_uint8, train_transform
 
 SPLITS = ("train", "val", "test")
@@ -68,6 +68,9 @@ class SmallImageDataModule(L.LightningDataModule):
         augment: ``paper`` (rotation, flip, crop) or ``grey_trivial``: the same, then one random
             intensity operation per image that keeps anatomy (:mod:`smallmed.datamodules.intensity`).
         augment_strength: the largest strength of ``grey_trivial``'s operations.
+        inner_val: hold out this fraction of each class of the training subset as the validation
+            split, in place of the data's own val split: model selection (and a study's ``auto``
+            choice) then sees the N training images only. The test split is unchanged.
         batch_size: training batch size (the paper uses 16).
         eval_batch_size: batch size for val / test / predict.
         num_workers: loader workers of the per-image path (``device_resident=False``); 0 is fastest
@@ -96,6 +99,7 @@ class SmallImageDataModule(L.LightningDataModule):
         hflip: bool = True,
         augment: Literal["paper", "grey_trivial"] = "paper",
         augment_strength: float = 1.0,
+        inner_val: float | None = None,
         batch_size: int = 16,
         eval_batch_size: int = 256,
         num_workers: int = 0,
@@ -121,6 +125,9 @@ class SmallImageDataModule(L.LightningDataModule):
             raise ValueError(f"augment must be 'paper' or 'grey_trivial', got {augment!r}")
         self.augment = augment
         self.augment_strength = augment_strength
+        if inner_val is not None and not 0.0 < inner_val < 1.0:
+            raise ValueError(f"inner_val is the fraction of the training subset held out for validation, in (0, 1); got {inner_val}")
+        self.inner_val = inner_val
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -129,6 +136,7 @@ class SmallImageDataModule(L.LightningDataModule):
         self._task = task
         self.splits: dict[str, Split] = {}
         self.train_indices: np.ndarray | None = None
+        self.inner_val_indices: np.ndarray | None = None
         self._labels_cache: dict[str, np.ndarray] | None = None
         self.device_resident = device_resident
         self._index_loaders: set[str] = set()  # splits whose loader yields indices (device-resident)
@@ -243,10 +251,28 @@ class SmallImageDataModule(L.LightningDataModule):
             class_names=self.class_names,
         )
         self._check_every_class_trains(train.labels, self.train_indices)
+        if self.inner_val is not None:
+            self._hold_out_inner_val(train.labels)
+            val = torch.as_tensor(self.inner_val_indices)
+            splits["val"] = Split(train.images[val], train.labels[self.inner_val_indices])
         index = torch.as_tensor(self.train_indices)
         splits["train"] = Split(train.images[index], train.labels[self.train_indices])
         self.splits = {name: Split(resize_uint8(s.images, self.resize_to), s.labels) for name, s in splits.items()}
         print(self.summary_text())
+
+    def _hold_out_inner_val(self, labels: np.ndarray) -> None:
+        """Split the drawn subset into the images trained on and the inner validation split."""
+        drawn = labels[self.train_indices]
+        if drawn.ndim == 1:
+            small = [self.class_names[c] for c, n in enumerate(class_counts(drawn, self.num_classes)) if n < 2]
+            if small:
+                raise ValueError(
+                    f"{self.source_name()}: inner_val={self.inner_val} needs at least 2 training images of each class, "
+                    f"one to train on and one to validate on; class(es) {small} have fewer in the subset "
+                    f"(train_size={self.train_size}, seed {self.seed}). HINT: a larger train_size, or no inner_val"
+                )
+        kept, held = hold_out(drawn, self.inner_val, self.seed)
+        self.train_indices, self.inner_val_indices = self.train_indices[kept], self.train_indices[held]
 
     def _check_every_class_trains(self, labels: np.ndarray, chosen: np.ndarray) -> None:
         """A single-label classifier cannot learn a class it never sees: raise, naming each class with
@@ -277,7 +303,8 @@ class SmallImageDataModule(L.LightningDataModule):
         return {name: class_counts(s.labels, self.num_classes) for name, s in self.splits.items()}
 
     def summary_text(self) -> str:
-        rows = [f"{self.source_name()}: seed {self.seed}, {self.sampling} subset, {self.image_size}px"]
+        held = f", val = {self.inner_val:g} of the training subset held out" if self.inner_val is not None else ""
+        rows = [f"{self.source_name()}: seed {self.seed}, {self.sampling} subset{held}, {self.image_size}px"]
         rows.append("  split  " + " ".join(f"{n:>10}" for n in self.class_names) + "      total")
         for split, counts in self.summary().items():
             rows.append(f"  {split:<6} " + " ".join(f"{c:>10}" for c in counts) + f" {len(self.splits[split].labels):>10}")

@@ -111,6 +111,23 @@ def sample_subset(
     return np.sort(subset_order(labels, seed, sampling)[:size])
 
 
+def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(kept, held)`` into ``labels``: ``fraction`` of each class held out (at least one image,
+    and at least one kept), drawn with ``seed``. Multi-label rows are held out at random."""
+    rng = np.random.default_rng([seed, 7919])
+    if labels.ndim > 1:
+        order = rng.permutation(len(labels))
+        k = max(1, round(fraction * len(labels)))
+        return np.sort(order[k:]), np.sort(order[:k])
+    held = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        k = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.append(members[:k])
+    held_idx = np.sort(np.concatenate(held)) if held else np.array([], dtype=int)
+    return np.setdiff1d(np.arange(len(labels)), held_idx), held_idx
+
+
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     """Images per class (per label for multi-hot labels)."""
     labels = np.asarray(labels)

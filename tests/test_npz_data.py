@@ -343,3 +343,20 @@ def test_sample_subset_all_and_errors():
 def test_class_counts():
     assert class_counts(np.array([0, 2, 2]), 4) == [1, 0, 2, 0]
     assert class_counts(np.array([[1, 0], [1, 1]]), 2) == [2, 1]
+
+
+def test_inner_val_holds_out_part_of_the_training_subset_as_the_val_split(breastmnist):
+    plain = setup_dm(breastmnist, train_size=50, seed=4)
+    dm = setup_dm(breastmnist, train_size=50, seed=4, inner_val=0.3)
+    assert dm.summary()["train"] == [17, 17] and dm.summary()["val"] == [8, 8]  # 30% of each class of 25, rounded
+    assert len(np.intersect1d(dm.train_indices, dm.inner_val_indices)) == 0
+    assert sorted(np.concatenate([dm.train_indices, dm.inner_val_indices])) == sorted(plain.train_indices)
+    assert dm.summary()["test"] == plain.summary()["test"]  # the test split is untouched
+    with np.load(breastmnist) as data:  # the val images are those training images
+        held = torch.as_tensor(data["train_images"][dm.inner_val_indices]).float().mean()
+    assert dm.splits["val"].images.shape[0] == 16
+    assert abs(float(dm.splits["val"].images.float().mean()) - float(held)) < 2.0  # resized, same pictures
+    with pytest.raises(ValueError, match=r"inner_val=0.5 needs at least 2 training images of each class.*\['malignant'\]"):
+        setup_dm(breastmnist, class_counts={0: 1, 1: 10}, inner_val=0.5)
+    with pytest.raises(ValueError, match=r"inner_val is the fraction .* in \(0, 1\); got 1.0"):
+        NpzDataModule(str(breastmnist), inner_val=1.0)

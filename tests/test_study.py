@@ -277,12 +277,16 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     from smallmed.study.predictions import predictions_path
 
     config = write_study(tmp_path, breastmnist, seeds=[0, 1], ensembles={"constant": [2, 3]},
-                         auto={"auto": ["paper", "constant"]}, comparisons=[["constant_x3", "constant"], ["auto", "paper"]])
+                         auto={"auto": ["paper", "constant"], "inner": {"candidates": ["paper", "constant"], "inner_val": 0.3}},
+                         comparisons=[["constant_x3", "constant"], ["auto", "paper"]],
+                         overrides=[*TINY, "--trainer.max_epochs", "5"])  # 34 images: 2 steps an epoch
     study_main(["--config", str(config)])
     out = tmp_path / "study"
     results = rows(out)
-    members = sorted((r["variant"], r["seed"]) for r in results if r["variant"])
+    members = sorted((r["variant"], r["seed"]) for r in results if r["variant"].startswith("member"))
     assert members == [("member=1", "0"), ("member=1", "1"), ("member=2", "0"), ("member=2", "1")]
+    inner_runs = {(r["method"], int(r["seed"])): r for r in results if r["variant"] == "data.init_args.inner_val=0.3"}
+    assert set(inner_runs) == {(m, s) for m in ("paper", "constant") for s in (0, 1)}
     assert all(r["val_auroc"] for r in results)
 
     def saved(member: int, seed: int) -> dict:
@@ -297,7 +301,7 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
 
     with (out / "summary.csv").open() as f:
         summary = {(r["method"], r["variant"]): r for r in csv.DictReader(f)}
-    assert {"constant_x2", "constant_x3", "auto"} <= {m for m, _ in summary} and not any(v for _, v in summary)
+    assert {"constant_x2", "constant_x3", "auto", "inner"} <= {m for m, _ in summary} and not any(v for _, v in summary)
     expected_x2 = [headline_auroc("binary", (saved(0, s)["probs"] + saved(1, s)["probs"]) / 2, saved(0, s)["targets"])
                    for s in (0, 1)]
     assert float(summary[("constant_x2", "")]["auroc_mean"]) == pytest.approx(sum(expected_x2) / 2, abs=1e-6)
@@ -308,6 +312,13 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     expected_auto = [max(("paper", "constant"), key=lambda m: float(by_seed[(m, s)]["val_auroc"])) for s in (0, 1)]
     auto_mean = sum(float(by_seed[(m, s)]["test_auroc"]) for m, s in zip(expected_auto, (0, 1))) / 2
     assert float(summary[("auto", "")]["auroc_mean"]) == pytest.approx(auto_mean, abs=1e-6)
+    # the inner choice looks at the inner runs' val AUC only, and tests the chosen recipe's own run
+    expected_inner = [max(("paper", "constant"), key=lambda m: float(inner_runs[(m, s)]["val_auroc"])) for s in (0, 1)]
+    inner_mean = sum(float(by_seed[(m, s)]["test_auroc"]) for m, s in zip(expected_inner, (0, 1))) / 2
+    assert float(summary[("inner", "")]["auroc_mean"]) == pytest.approx(inner_mean, abs=1e-6)
+    with (out / "derived.csv").open() as f:
+        notes = {r["method"]: r["note"] for r in csv.DictReader(f) if r["seed"] == "0"}
+    assert notes["inner"] == f"chose {expected_inner[0]} by val AUC on 0.3 of the training subset"
     with (out / "paired.csv").open() as f:
         assert {r["compare"] for r in csv.DictReader(f)} == {"constant_x3 - constant", "auto - paper"}
 
@@ -316,6 +327,8 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     ({"ensembles": {"papr": [3]}}, "ensembles: 'papr' is not a method of the study"),
     ({"ensembles": {"paper": [1]}}, r"ensembles.paper needs a list of ensemble sizes K >= 2"),
     ({"auto": {"auto": ["paper", "fe"]}}, r"auto.auto needs a list of at least two methods.*\['fe'\] unknown"),
+    ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner": 0.3}}}, r"auto.auto: unknown key\(s\) \['inner'\]"),
+    ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_val": 1.5}}}, r"auto.auto.inner_val is a fraction"),
 ])
 def test_ensemble_and_auto_settings_are_checked_by_name(tmp_path, breastmnist, extra, message):
     with pytest.raises(ValueError, match=message):

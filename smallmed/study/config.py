@@ -16,7 +16,8 @@ A study YAML file reads like this (every section but ``targets`` and ``methods``
     overrides: {trainer.max_epochs: 20}                                   # every run
     comparisons: [[paper, feature_extractor]]
     ensembles: {paper: [3, 5]}    # derived methods paper_x3, paper_x5: K runs' test probabilities averaged
-    auto: {auto: [feature_extractor, paper]}   # per seed, the candidate of best val AUC
+    auto: {auto: [feature_extractor, paper]}   # per seed, the candidate of best val AUC; or chosen on
+                                  # the training subset only: {candidates: [...], inner_val: 0.3}
     executor: local               # or slurm (see `slurm:`)
 """
 
@@ -87,6 +88,24 @@ class SlurmSettings:
     additional: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AutoChoice:
+    """An ``auto`` method: its candidates, and the inner validation fraction (``None``: the val split)."""
+
+    candidates: tuple[str, ...]
+    inner_val: float | None = None
+
+    @classmethod
+    def of(cls, spec: list[str] | dict[str, Any]) -> AutoChoice:
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"candidates", "inner_val"}
+            if unknown:
+                raise ValueError(f"unknown key(s) {sorted(unknown)}; an auto choice takes candidates and inner_val")
+            inner = spec.get("inner_val")
+            return cls(tuple(spec.get("candidates") or ()), None if inner is None else float(inner))
+        return cls(tuple(spec or ()))
+
+
 @dataclass
 class StudyConfig:
     """A study grid: target x source x method x N x grid axes x seed. Paths are relative to the working
@@ -105,7 +124,10 @@ class StudyConfig:
         ensembles: ``method -> [K, ...]``: derived methods ``<method>_x<K>``, the mean test probabilities of
             K runs on each subset (:mod:`smallmed.study.derived`); runs K-1 extra members per cell.
         auto: ``name -> [candidate methods]``: a derived method that takes, per subset seed, the
-            candidate whose selected checkpoint had the best validation AUC (no extra runs).
+            candidate whose selected checkpoint had the best validation AUC (no extra runs); or
+            ``name -> {candidates: [...], inner_val: 0.3}``: the choice is made on extra runs that hold
+            out that fraction of the N training images as their val split, so it sees the training
+            subset only; the chosen candidate's own run is what is tested.
         out_dir: where results, logs and cached source checkpoints go.
         wandb_project: when set, every run also logs to W&B, grouped by cell.
         keep_checkpoints: keep each run's checkpoints and report pictures (about 40 MB a run); off, a
@@ -125,7 +147,7 @@ class StudyConfig:
     overrides: dict[str, Any] | list[str] = field(default_factory=dict)
     comparisons: list[list[str]] = field(default_factory=list)
     ensembles: dict[str, list[int]] = field(default_factory=dict)
-    auto: dict[str, list[str]] = field(default_factory=dict)
+    auto: dict[str, list[str] | dict[str, Any]] = field(default_factory=dict)
     out_dir: str = "runs/study"
     wandb_project: str | None = None
     keep_checkpoints: bool = False
@@ -156,6 +178,10 @@ class StudyConfig:
         from smallmed.study.derived import ensemble_name
 
         return [ensemble_name(m, k) for m, ks in self.ensembles.items() for k in ks] + list(self.auto)
+
+    @property
+    def auto_choices(self) -> dict[str, AutoChoice]:
+        return {name: AutoChoice.of(spec) for name, spec in self.auto.items()}
 
     def method_configs(self, method: str) -> list[str]:
         files = self.methods[method]
@@ -210,13 +236,19 @@ def check_study_config(config: StudyConfig, where: str = "study") -> None:
             raise ValueError(f"{where}: ensembles: {method!r} is not a method of the study ({sorted(config.methods)})")
         if not isinstance(sizes, list) or not sizes or any(not isinstance(k, int) or k < 2 for k in sizes):
             raise ValueError(f"{where}: ensembles.{method} needs a list of ensemble sizes K >= 2, got {sizes!r}")
-    for name, candidates in config.auto.items():
+    for name, spec in config.auto.items():
         if name in config.methods:
             raise ValueError(f"{where}: auto: {name!r} is already a method; give the auto choice another name")
-        unknown = [c for c in (candidates or []) if c not in config.methods]
-        if not isinstance(candidates, list) or len(candidates) < 2 or unknown:
-            raise ValueError(f"{where}: auto.{name} needs a list of at least two methods of the study, got {candidates!r}"
+        try:
+            choice = AutoChoice.of(spec)
+        except ValueError as err:
+            raise ValueError(f"{where}: auto.{name}: {err}") from err
+        unknown = [c for c in choice.candidates if c not in config.methods]
+        if len(choice.candidates) < 2 or unknown:
+            raise ValueError(f"{where}: auto.{name} needs a list of at least two methods of the study, got {spec!r}"
                              + (f" ({unknown} unknown; methods: {sorted(config.methods)})" if unknown else ""))
+        if choice.inner_val is not None and not 0 < choice.inner_val < 1:
+            raise ValueError(f"{where}: auto.{name}.inner_val is a fraction in (0, 1), got {choice.inner_val}")
     names = set(config.methods) | set(config.source_names) | set(config.derived_methods)
     for pair in config.comparisons:
         if len(pair) != 2 or any(p not in names for p in pair):

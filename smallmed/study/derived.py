@@ -7,7 +7,10 @@ same subset. Every cell saves its test probabilities, so K=3 and K=5 share their
 
 **auto** (``auto: {auto: [feature_extractor, paper]}``): per subset seed, the candidate whose selected
 checkpoint scored the best *validation* AUC, tested as it is. The validation split is the one every
-recipe's checkpoint selection already uses; the test split is never looked at for the choice.
+recipe's checkpoint selection already uses; the test split is never looked at for the choice. With
+``{candidates: [...], inner_val: 0.3}`` the choice is made on extra runs of each candidate that hold
+out 30% of the N training images as their val split (``data.init_args.inner_val``), so it sees the
+training subset only, as a user with N labelled images and nothing else would.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from typing import Any
 import torch
 
 from smallmed import tasks
+from smallmed.study.config import AutoChoice
 from smallmed.study.predictions import predictions_path
 
 MEMBER_KEY = "member"
+INNER_VAL_KEY = "data.init_args.inner_val"
 MEMBER_SEED_STRIDE = 1000
 
 
@@ -35,7 +40,12 @@ def member_seed(seed: int, member: int) -> int:
 
 def is_member(row: dict[str, Any]) -> bool:
     """A member run k > 0 of an ensemble (reported inside its ensembles, not as a method of its own)."""
-    return any(part.split("=", 1)[0] == MEMBER_KEY for part in str(row.get("variant") or "").split(";") if part)
+    return any(k == MEMBER_KEY for k, _ in _variant_parts(row))
+
+
+def is_auxiliary(row: dict[str, Any]) -> bool:
+    """A run made only for a derived method: an ensemble member, or an auto choice's inner-validation run."""
+    return any(k in (MEMBER_KEY, INNER_VAL_KEY) for k, _ in _variant_parts(row))
 
 
 def headline_auroc(task: str, probs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -82,23 +92,44 @@ def ensemble_rows(out: Path, rows: Iterable[dict[str, Any]], ensembles: dict[str
     return derived
 
 
-def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """A row per (auto method, subset seed) with every candidate done: the candidate of best val AUC."""
-    by_run: dict[tuple, dict[str, dict[str, Any]]] = {}
+def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> list[dict[str, Any]]:
+    """A row per (auto method, subset seed) with every candidate done: the candidate of best val AUC
+    (of its own run, or of its inner-validation run), tested as its own run was."""
+    runs: dict[tuple, dict[str, dict[str, Any]]] = {}
+    inner: dict[tuple, dict[tuple[str, str], dict[str, Any]]] = {}
     for r in rows:
-        if r["status"] == "ok" and not is_member(r):
-            key = (r["target"], r["source"], str(r["train_size"]), r.get("variant") or "", str(r["seed"]))
-            by_run.setdefault(key, {})[r["method"]] = r
+        if r["status"] != "ok" or is_member(r):
+            continue
+        parts = _variant_parts(r)
+        fraction = dict(parts).pop(INNER_VAL_KEY, None)
+        base = ";".join(f"{k}={v}" for k, v in parts if k != INNER_VAL_KEY)
+        key = (r["target"], r["source"], str(r["train_size"]), base, str(r["seed"]))
+        if fraction is None:
+            runs.setdefault(key, {})[r["method"]] = r
+        else:
+            inner.setdefault(key, {})[(r["method"], str(float(fraction)))] = r
     derived = []
-    for name, candidates in auto.items():
-        for key, methods in by_run.items():
-            if not all(c in methods and methods[c].get("val_auroc") not in ("", None) for c in candidates):
+    for name, choice in auto.items():
+        for key, methods in runs.items():
+            if not all(c in methods for c in choice.candidates):
                 continue
-            chosen = max(candidates, key=lambda c: float(methods[c]["val_auroc"]))  # ties: the first listed
+            if choice.inner_val is None:
+                judged = {c: methods[c] for c in choice.candidates}
+            else:
+                found = inner.get(key, {})
+                judged = {c: found.get((c, str(float(choice.inner_val)))) for c in choice.candidates}
+            if any(r is None or r.get("val_auroc") in ("", None) for r in judged.values()):
+                continue
+            chosen = max(choice.candidates, key=lambda c: float(judged[c]["val_auroc"]))  # ties: the first listed
             picked = methods[chosen]
+            where = "val AUC" if choice.inner_val is None else f"val AUC on {choice.inner_val:g} of the training subset"
             derived.append({**{f: picked[f] for f in ("target", "source", "train_size", "variant", "seed")},
                             "method": name, "status": "ok", "test_auroc": picked["test_auroc"],
                             "test_acc": picked.get("test_acc", ""), "test_f1": picked.get("test_f1", ""),
-                            "test_images": picked.get("test_images", ""), "val_auroc": picked["val_auroc"],
-                            "note": f"chose {chosen} by val AUC"})
+                            "test_images": picked.get("test_images", ""), "val_auroc": judged[chosen]["val_auroc"],
+                            "note": f"chose {chosen} by {where}"})
     return derived
+
+
+def _variant_parts(row: dict[str, Any]) -> list[tuple[str, str]]:
+    return [tuple(part.split("=", 1)) for part in str(row.get("variant") or "").split(";") if "=" in part]

@@ -12,7 +12,7 @@ from smallmed.study import executors
 from smallmed.study.config import StudyConfig, load_study_config
 from smallmed.study.plots import plot_learning_curves
 from smallmed.study.results import append_row, merged_rows, row_key, write_results
-from smallmed.study.derived import auto_rows, ensemble_rows, is_member
+from smallmed.study.derived import auto_rows, ensemble_rows, is_auxiliary
 from smallmed.study.runner import cells, member_cell_name, source_checkpoint
 from smallmed.study.summary import paired_comparisons, recommend, summarize, write_csv
 
@@ -63,10 +63,10 @@ def _prepare_sources(config: StudyConfig, out: Path, needed: set[str], slurm: bo
 def with_derived(config: StudyConfig, out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows a report covers: the runs (ensemble members inside their ensembles only) and the derived
     methods' rows (seed ensembles, auto choices), which are also written to ``derived.csv``."""
-    derived = ensemble_rows(out, rows, config.ensembles, member_cell_name) + auto_rows(rows, config.auto)
+    derived = ensemble_rows(out, rows, config.ensembles, member_cell_name) + auto_rows(rows, config.auto_choices)
     if derived:
         write_results(out, derived, name="derived.csv")
-    return [r for r in rows if not is_member(r)] + derived
+    return [r for r in rows if not is_auxiliary(r)] + derived
 
 
 def write_reports(config: StudyConfig, out: Path) -> dict[str, Any]:
