@@ -333,3 +333,13 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
 def test_ensemble_and_auto_settings_are_checked_by_name(tmp_path, breastmnist, extra, message):
     with pytest.raises(ValueError, match=message):
         load_study_config(write_study(tmp_path, breastmnist, **extra))
+
+
+def test_seeds_can_be_given_per_training_set_size(tmp_path, breastmnist):
+    from smallmed.study.runner import cells
+
+    config = load_study_config(write_study(tmp_path, breastmnist, sizes=[50, 100], seeds={50: 2, 100: [7]},
+                                           methods={"paper": str(REPO / "configs/paper_recipe.yaml")}, comparisons=[]))
+    assert [(c.train_size, c.seed) for c in cells(config)] == [(50, 0), (50, 1), (100, 7)]
+    with pytest.raises(ValueError, match=r"seeds gives no count for N=100"):
+        load_study_config(write_study(tmp_path, breastmnist, sizes=[50, 100], seeds={50: 2}))

@@ -115,7 +115,7 @@ class StudyConfig:
         targets: ``name -> data section`` (or a bare location) of each target data set.
         methods: ``name -> recipe config file`` (or a list of files, merged in order).
         sizes: training-set sizes N (balanced subsets, nested for one seed); ``None``: each recipe's own.
-        seeds: a count (seeds 0..n-1) or an explicit list.
+        seeds: a count (seeds 0..n-1), an explicit list, or ``{N: count or list}`` per size.
         sources: ``name -> model.init_args.pretrained`` value; none given: each recipe's own weights.
         source_stages: ``name -> SourceStage``; each becomes a source named ``name``.
         grid: further axes, ``{dotted config key: [values]}``.
@@ -140,7 +140,7 @@ class StudyConfig:
     targets: dict[str, Any]
     methods: dict[str, str | list[str]]
     sizes: list[int] | None = None
-    seeds: int | list[int] = 5
+    seeds: int | list[int] | dict[int, int | list[int]] = 5
     sources: dict[str, Any] = field(default_factory=dict)
     source_stages: dict[str, SourceStage] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -157,7 +157,18 @@ class StudyConfig:
 
     @property
     def seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+        """Every seed of the study (of any N)."""
+        return sorted({s for n in (self.sizes or [None]) for s in self.seeds_for(n)})
+
+    def seeds_for(self, size: int | None) -> list[int]:
+        """The seeds run at training-set size ``size``: ``seeds`` may map N to a count or list (large N
+        costs more per run and varies less between subsets)."""
+        seeds = self.seeds
+        if isinstance(seeds, dict):
+            if size not in seeds and str(size) not in seeds:
+                raise ValueError(f"seeds gives no count for N={size}: {seeds}")
+            seeds = seeds[size] if size in seeds else seeds[str(size)]
+        return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
 
     @property
     def source_names(self) -> list[str]:
@@ -262,5 +273,11 @@ def check_study_config(config: StudyConfig, where: str = "study") -> None:
             raise ValueError(f"{where}: grid axis {key!r} needs a list of values, got {values!r}")
     if config.sizes is not None and any(int(n) < 1 for n in config.sizes):
         raise ValueError(f"{where}: sizes must be positive, got {config.sizes}")
+    if isinstance(config.seeds, dict):
+        for size in config.sizes or [None]:
+            try:
+                config.seeds_for(size)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from err
     if config.workers < 1:
         raise ValueError(f"{where}: workers must be at least 1, got {config.workers}")

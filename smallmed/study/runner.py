@@ -66,7 +66,10 @@ def cells(config: StudyConfig) -> Iterator[Cell]:
     axes = list(config.grid.items())
     variants = [tuple(zip([k for k, _ in axes], values)) for values in itertools.product(*[v for _, v in axes])]
     sizes = config.sizes if config.sizes is not None else [None]
-    grid = list(itertools.product(config.targets, config.source_names, config.methods, sizes, variants, config.seed_list))
+    grid = [(target, source, method, size, variant, seed)
+            for target, source, method, size, variant in itertools.product(config.targets, config.source_names, config.methods,
+                                                                           sizes, variants)
+            for seed in config.seeds_for(size)]
     for target, source, method, size, variant, seed in grid:
         yield Cell(target, source, method, None if size is None else int(size), variant, seed)
     for member in range(1, max((max(ks) for ks in config.ensembles.values()), default=1)):
