@@ -192,14 +192,7 @@ class SmallMedClassifier(L.LightningModule):
         with warnings.catch_warnings():  # torchmetrics' "No positive samples": said once, below, by class name
             warnings.filterwarnings("ignore", message=".*(positive|negative) samples in targets")
             computed = collection.compute()
-        defined = tasks.defined_aucs(computed.pop(f"{prefix}stats"))
-        per_class = computed.pop(f"{prefix}auroc_per_class", None)
-        nan = torch.tensor(float("nan"), device=defined.device)
-        if per_class is not None:
-            per_class = torch.where(defined, per_class, nan)
-            computed[f"{prefix}auroc"] = per_class[defined].mean() if defined.any() else nan
-        elif not defined.all():
-            computed[f"{prefix}auroc"] = nan
+        computed[f"{prefix}auroc"], per_class, defined = tasks.split_aurocs(computed, prefix)
         if not defined.all() and not self.trainer.sanity_checking:
             lacking = [self.class_names[i] for i in torch.nonzero(~defined).reshape(-1).tolist()] if per_class is not None else []
             rank_zero_warn(

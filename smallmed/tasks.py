@@ -64,6 +64,19 @@ def metrics(task: Task, num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(collection, prefix=prefix)
 
 
+def split_aurocs(computed: dict[str, torch.Tensor], prefix: str = "") -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(headline, per_class, defined)`` from a computed :func:`metrics` collection, whose ``stats`` and
+    ``auroc_per_class`` entries it pops. An AUC needs positives and negatives: a class the split lacks
+    gets NaN, and the headline averages only the classes it can measure (torchmetrics counts 0)."""
+    defined = defined_aucs(computed.pop(f"{prefix}stats"))
+    per_class = computed.pop(f"{prefix}auroc_per_class", None)
+    nan = torch.tensor(float("nan"), device=defined.device)
+    if per_class is not None:
+        per_class = torch.where(defined, per_class, nan)
+        return (per_class[defined].mean() if defined.any() else nan), per_class, defined
+    return (computed[f"{prefix}auroc"] if defined.all() else nan), None, defined
+
+
 def defined_aucs(stats: torch.Tensor) -> torch.Tensor:
     """Which classes (one entry for ``binary``) have an AUC on this split: some positives and some negatives.
 

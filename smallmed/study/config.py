@@ -186,8 +186,6 @@ class StudyConfig:
     @property
     def derived_methods(self) -> list[str]:
         """Methods made from other runs' results: ensembles, then auto choices."""
-        from smallmed.study.derived import ensemble_name
-
         return [ensemble_name(m, k) for m, ks in self.ensembles.items() for k in ks] + list(self.auto)
 
     @property
@@ -197,6 +195,11 @@ class StudyConfig:
     def method_configs(self, method: str) -> list[str]:
         files = self.methods[method]
         return [files] if isinstance(files, str) else list(files)
+
+
+def ensemble_name(method: str, k: int) -> str:
+    """The derived method of ``method``'s K-run seed ensembles."""
+    return f"{method}_x{k}"
 
 
 RECIPE_SOURCE = "recipe"

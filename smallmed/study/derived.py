@@ -22,16 +22,12 @@ from typing import Any
 import torch
 
 from smallmed import tasks
-from smallmed.study.config import AutoChoice
+from smallmed.study.config import AutoChoice, ensemble_name
 from smallmed.study.predictions import predictions_path
 
 MEMBER_KEY = "member"
 INNER_VAL_KEY = "data.init_args.inner_val"
 MEMBER_SEED_STRIDE = 1000
-
-
-def ensemble_name(method: str, k: int) -> str:
-    return f"{method}_x{k}"
 
 
 def member_seed(seed: int, member: int) -> int:
@@ -49,16 +45,10 @@ def is_auxiliary(row: dict[str, Any]) -> bool:
 
 
 def headline_auroc(task: str, probs: torch.Tensor, targets: torch.Tensor) -> float:
-    """The test AUC as the model reports it: the mean over the classes the split can measure."""
-    num_classes = 2 if task == "binary" else probs.shape[1]
-    collection = tasks.metrics(task, num_classes, "")
+    """The test AUC as the model reports it (:func:`smallmed.tasks.split_aurocs`)."""
+    collection = tasks.metrics(task, 2 if task == "binary" else probs.shape[1], "")
     collection.update(probs, targets.long())
-    computed = collection.compute()
-    defined = tasks.defined_aucs(computed["stats"])
-    if "auroc_per_class" in computed:
-        per_class = computed["auroc_per_class"]
-        return float(per_class[defined].mean()) if defined.any() else float("nan")
-    return float(computed["auroc"]) if defined.all() else float("nan")
+    return float(tasks.split_aurocs(collection.compute())[0])
 
 
 def ensemble_rows(out: Path, rows: Iterable[dict[str, Any]], ensembles: dict[str, list[int]],
@@ -81,9 +71,8 @@ def ensemble_rows(out: Path, rows: Iterable[dict[str, Any]], ensembles: dict[str
             saved = [torch.load(p, weights_only=True) for p in members[:k]]
             probs = torch.stack([s["probs"] for s in saved]).mean(0)
             auc = headline_auroc(saved[0]["task"], probs, saved[0]["targets"])
-            variant = row.get("variant") or ""
             wall = sum(walls.get((row["target"], row["source"], method, str(row["train_size"]),
-                                  ";".join(filter(None, [variant, f"{MEMBER_KEY}={m}" if m else ""])), str(seed)), 0.0)
+                                  ";".join(f"{a}={b}" for a, b in member_variant(row, m)), str(seed)), 0.0)
                        for m in range(k))
             derived.append({**{f: row[f] for f in ("target", "source", "train_size", "variant", "seed")},
                             "method": ensemble_name(method, k), "status": "ok", "test_auroc": auc,
@@ -133,3 +122,8 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
 
 def _variant_parts(row: dict[str, Any]) -> list[tuple[str, str]]:
     return [tuple(part.split("=", 1)) for part in str(row.get("variant") or "").split(";") if "=" in part]
+
+
+def member_variant(row: dict[str, Any], member: int) -> list[tuple[str, str]]:
+    """The variant of ensemble member ``member`` of the cell ``row`` belongs to (0: the cell itself)."""
+    return [kv for kv in _variant_parts(row) if kv[0] != MEMBER_KEY] + ([(MEMBER_KEY, str(member))] if member else [])

@@ -18,7 +18,7 @@ from typing import Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from smallmed.study.config import RECIPE_SOURCE, StudyConfig
-from smallmed.study.derived import INNER_VAL_KEY, MEMBER_KEY, member_seed
+from smallmed.study.derived import INNER_VAL_KEY, MEMBER_KEY, member_seed, member_variant
 from smallmed.study.predictions import predictions_path
 from smallmed.study.results import append_row
 from smallmed.study.runs import RunSpec, config_digest, csv_logger, run_spec
@@ -85,8 +85,7 @@ def cells(config: StudyConfig) -> Iterator[Cell]:
 
 def member_cell_name(row: dict[str, Any], member: int) -> str:
     """The name of member ``member`` of the cell a result row belongs to (0: the cell itself)."""
-    variant = tuple(tuple(part.split("=", 1)) for part in str(row.get("variant") or "").split(";") if part)
-    variant = tuple(kv for kv in variant if kv[0] != MEMBER_KEY) + (((MEMBER_KEY, member),) if member else ())
+    variant = tuple(member_variant(row, member))
     size = int(row["train_size"]) if str(row["train_size"]).strip() else None
     return Cell(row["target"], row["source"], row["method"], size, variant, int(row["seed"])).name
 
