@@ -74,14 +74,13 @@ def main() -> None:
         wall = sum(walls[key]) / len(walls[key])
         print(f"| {target} | {source} | {method} | {n} | {len(values)} | {fmt(*mean_ci(values))} | {wall:.1f} |")
 
-    print("\n| target | comparison (paired by subset seed) | N | pairs | difference, mean [95% CI] |")
-    print("|---|---|---|---|---|")
+    comparisons = []
     for key in sorted(cells):
         target, source, method, n = key
         peer = (target, "imagenet", "fastai fine_tune", n)
         if method != "fastai fine_tune" and peer in cells:
             mean, low, high, pairs = paired_difference(cells[key], cells[peer])
-            print(f"| {target} | {method} ({source}) - fastai fine_tune (imagenet) | {n} | {pairs} | {fmt(mean, low, high, True)} |")
+            comparisons.append(f"| {target} | {method} ({source}) - fastai fine_tune (imagenet) | {n} | {pairs} | {fmt(mean, low, high, True)} |")
     sources = sorted({k[1] for k in cells if k[2] != "fastai fine_tune"})
     for key in sorted(cells):
         target, source, method, n = key
@@ -89,7 +88,11 @@ def main() -> None:
             other_key = (target, other, method, n)
             if other > source and other_key in cells and method != "fastai fine_tune":
                 mean, low, high, pairs = paired_difference(cells[key], cells[other_key])
-                print(f"| {target} | {method}: {source} - {other} | {n} | {pairs} | {fmt(mean, low, high, True)} |")
+                comparisons.append(f"| {target} | {method}: {source} - {other} | {n} | {pairs} | {fmt(mean, low, high, True)} |")
+    if comparisons:  # none when every cell shares one source and there is no peer
+        print("\n| target | comparison (paired by subset seed) | N | pairs | difference, mean [95% CI] |")
+        print("|---|---|---|---|---|")
+        print("\n".join(comparisons))
 
 
 def print_against(cells: dict[tuple, dict[int, float]], baseline: str) -> None:

@@ -71,6 +71,7 @@ def test_results_tables_against_a_baseline_pairs_every_recipe_and_leaves_ensembl
     assert "| t | imagenet | paper | 50 | 3 | 0.700 [" in out  # the member rows (0.10) did not replace the paper runs
     assert "**N=50**: each recipe minus paper" in out
     assert "| ema (imagenet) | +0.040 [" in out and "| paper_x3 (imagenet) | +0.050 [+0.050, +0.050] (3) |" in out
+    assert "comparison (paired by subset seed)" not in out  # one source, no peer: no empty comparisons table
 
 
 def test_print_medians_gives_median_ratios_and_per_seed_paired_ratios(capsys, monkeypatch):
