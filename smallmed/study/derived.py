@@ -72,7 +72,7 @@ def ensemble_rows(out: Path, rows: Iterable[dict[str, Any]], ensembles: dict[str
             probs = torch.stack([s["probs"] for s in saved]).mean(0)
             auc = headline_auroc(saved[0]["task"], probs, saved[0]["targets"])
             wall = sum(walls.get((row["target"], row["source"], method, str(row["train_size"]),
-                                  ";".join(f"{a}={b}" for a, b in member_variant(row, m)), str(seed)), 0.0)
+                                  variant_text(member_variant(row, m)), str(seed)), 0.0)
                        for m in range(k))
             derived.append({**{f: row[f] for f in ("target", "source", "train_size", "variant", "seed")},
                             "method": ensemble_name(method, k), "status": "ok", "test_auroc": auc,
@@ -91,7 +91,7 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
             continue
         parts = _variant_parts(r)
         fraction = dict(parts).pop(INNER_VAL_KEY, None)
-        base = ";".join(f"{k}={v}" for k, v in parts if k != INNER_VAL_KEY)
+        base = variant_text(kv for kv in parts if kv[0] != INNER_VAL_KEY)
         key = (r["target"], r["source"], str(r["train_size"]), base, str(r["seed"]))
         if fraction is None:
             runs.setdefault(key, {})[r["method"]] = r
@@ -118,6 +118,11 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
                             "test_images": picked.get("test_images", ""), "val_auroc": judged[chosen]["val_auroc"],
                             "note": f"chose {chosen} by {where}"})
     return derived
+
+
+def variant_text(parts: Iterable[tuple[str, Any]]) -> str:
+    """A cell's variant as results.csv holds it (``key=value;key=value``); ``_variant_parts`` reads it back."""
+    return ";".join(f"{k}={v}" for k, v in parts)
 
 
 def _variant_parts(row: dict[str, Any]) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from typing import Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from smallmed.study.config import RECIPE_SOURCE, StudyConfig
-from smallmed.study.derived import INNER_VAL_KEY, MEMBER_KEY, member_seed, member_variant
+from smallmed.study.derived import INNER_VAL_KEY, MEMBER_KEY, member_seed, member_variant, variant_text
 from smallmed.study.predictions import predictions_path
 from smallmed.study.results import append_row
 from smallmed.study.runs import RunSpec, config_digest, csv_logger, run_spec
@@ -45,7 +45,7 @@ class Cell:
 
     @property
     def variant_text(self) -> str:
-        return ";".join(f"{k}={v}" for k, v in self.variant)
+        return variant_text(self.variant)
 
     @property
     def fields(self) -> dict[str, Any]:
