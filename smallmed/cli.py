@@ -46,6 +46,7 @@ from smallmed.run_folder import (
     remove_if_unused,
     run_dir,
 )
+from smallmed.selection import MonitorHistory, late_mean, selection_monitor, selection_score
 from smallmed.speed import SpeedUps
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -218,6 +219,10 @@ def fit_and_test(
             if resume is None and is_requeued_attempt():
                 resume = "last"
         resume = _resolve_resume(trainer, resume)
+    monitor = selection_monitor(trainer)
+    history = MonitorHistory(monitor) if monitor else None
+    if history is not None:
+        trainer.callbacks.append(history)
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     except Requeued:
@@ -244,6 +249,9 @@ def fit_and_test(
     selected = selection_score(trainer)
     if selected is not None:
         metrics["val/best"] = selected
+    late = late_mean(history.values) if history is not None else None
+    if late is not None:
+        metrics["val/late_mean"] = late
     counts = test_class_counts(cli.datamodule)  # absent in the launcher of ddp_spawn
     if counts:
         metrics["test/images"] = len(cli.datamodule.splits["test"].labels)
@@ -310,18 +318,6 @@ def test_class_counts(datamodule: Any) -> dict[str, int]:
     if not callable(summary) or not splits or "test" not in splits:
         return {}
     return dict(zip(datamodule.class_names, summary()["test"]))
-
-
-def selection_score(trainer) -> float | None:
-    """The monitored validation value of the weights the run kept (the best checkpoint's, or the
-    in-memory best's), as a float; ``None`` without selection."""
-    from smallmed.callbacks import BestWeightsInMemory
-
-    for callback in trainer.callbacks:
-        if isinstance(callback, BestWeightsInMemory) and callback.best_score is not None:
-            return float(callback.best_score)
-    score = getattr(trainer.checkpoint_callback, "best_model_score", None) if trainer.checkpoint_callback else None
-    return None if score is None else float(score)
 
 
 def _make_lean(trainer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import subprocess
@@ -277,7 +278,8 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     from smallmed.study.predictions import predictions_path
 
     config = write_study(tmp_path, breastmnist, seeds=[0, 1], ensembles={"constant": [2, 3]},
-                         auto={"auto": ["paper", "constant"], "inner": {"candidates": ["paper", "constant"], "inner_val": 0.3}},
+                         auto={"auto": ["paper", "constant"], "inner": {"candidates": ["paper", "constant"], "inner_val": 0.3},
+                               "late": {"candidates": ["paper", "constant"], "by": "late_mean"}},
                          comparisons=[["constant_x3", "constant"], ["auto", "paper"]],
                          overrides=[*TINY, "--trainer.max_epochs", "5"])  # 34 images: 2 steps an epoch
     study_main(["--config", str(config)])
@@ -319,6 +321,18 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     with (out / "derived.csv").open() as f:
         notes = {r["method"]: r["note"] for r in csv.DictReader(f) if r["seed"] == "0"}
     assert notes["inner"] == f"chose {expected_inner[0]} by val AUC on 0.3 of the training subset"
+    # the late-mean choice compares the mean val AUC of the last 3 of the 5 epochs, as each run logged it
+    from smallmed.study.runner import member_cell_name
+
+    for r in (r for r in results if not r["variant"].startswith("member")):
+        log = next((out / "logs" / member_cell_name(r, 0) / f"seed{r['seed']}").glob("*/metrics.csv"))
+        logged = [float(m["val/auroc"]) for m in csv.DictReader(io.StringIO(log.read_text())) if m["val/auroc"]]
+        assert len(logged) == 5 and float(r["val_auroc_late"]) == pytest.approx(sum(logged[2:]) / 3, abs=1e-6)
+        assert float(r["val_auroc"]) == pytest.approx(max(logged), abs=1e-6)
+    expected_late = [max(("paper", "constant"), key=lambda m: float(by_seed[(m, s)]["val_auroc_late"])) for s in (0, 1)]
+    late_mean = sum(float(by_seed[(m, s)]["test_auroc"]) for m, s in zip(expected_late, (0, 1))) / 2
+    assert float(summary[("late", "")]["auroc_mean"]) == pytest.approx(late_mean, abs=1e-6)
+    assert notes["late"] == f"chose {expected_late[0]} by late-mean val AUC"
     with (out / "paired.csv").open() as f:
         assert {r["compare"] for r in csv.DictReader(f)} == {"constant_x3 - constant", "auto - paper"}
 
@@ -329,6 +343,7 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     ({"auto": {"auto": ["paper", "fe"]}}, r"auto.auto needs a list of at least two methods.*\['fe'\] unknown"),
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner": 0.3}}}, r"auto.auto: unknown key\(s\) \['inner'\]"),
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_val": 1.5}}}, r"auto.auto.inner_val is a fraction"),
+    ({"auto": {"auto": {"candidates": ["paper", "constant"], "by": "last"}}}, r"auto.auto: by: 'last' is not a criterion.*late_mean"),
 ])
 def test_ensemble_and_auto_settings_are_checked_by_name(tmp_path, breastmnist, extra, message):
     with pytest.raises(ValueError, match=message):

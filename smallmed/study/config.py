@@ -17,7 +17,8 @@ A study YAML file reads like this (every section but ``targets`` and ``methods``
     comparisons: [[paper, feature_extractor]]
     ensembles: {paper: [3, 5]}    # derived methods paper_x3, paper_x5: K runs' test probabilities averaged
     auto: {auto: [feature_extractor, paper]}   # per seed, the candidate of best val AUC; or chosen on
-                                  # the training subset only: {candidates: [...], inner_val: 0.3}
+                                  # the training subset only: {candidates: [...], inner_val: 0.3}, or by
+                                  # the second half's mean val AUC: {candidates: [...], by: late_mean}
     executor: local               # or slurm (see `slurm:`)
 """
 
@@ -88,22 +89,37 @@ class SlurmSettings:
     additional: dict[str, Any] = field(default_factory=dict)
 
 
+AUTO_KEYS = ("candidates", "inner_val", "by")
+AUTO_CRITERIA = {"best": "val_auroc", "late_mean": "val_auroc_late"}  # what an auto choice compares -> its column
+
+
 @dataclass(frozen=True)
 class AutoChoice:
-    """An ``auto`` method: its candidates, and the inner validation fraction (``None``: the val split)."""
+    """An ``auto`` method: its candidates, the inner validation fraction (``None``: the val split), and
+    what it compares: ``best`` (the selected checkpoint's val AUC) or ``late_mean`` (the mean val AUC
+    over the second half of training, which the max-over-epochs selection has not inflated;
+    :mod:`smallmed.selection`)."""
 
     candidates: tuple[str, ...]
     inner_val: float | None = None
+    by: str = "best"
 
     @classmethod
     def of(cls, spec: list[str] | dict[str, Any]) -> AutoChoice:
         if isinstance(spec, dict):
-            unknown = set(spec) - {"candidates", "inner_val"}
+            unknown = set(spec) - set(AUTO_KEYS)
             if unknown:
-                raise ValueError(f"unknown key(s) {sorted(unknown)}; an auto choice takes candidates and inner_val")
-            inner = spec.get("inner_val")
-            return cls(tuple(spec.get("candidates") or ()), None if inner is None else float(inner))
+                raise ValueError(f"unknown key(s) {sorted(unknown)}; an auto choice takes {', '.join(AUTO_KEYS)}")
+            inner, by = spec.get("inner_val"), spec.get("by", "best")
+            if by not in AUTO_CRITERIA:
+                raise ValueError(f"by: {by!r} is not a criterion; choose one of {sorted(AUTO_CRITERIA)}")
+            return cls(tuple(spec.get("candidates") or ()), None if inner is None else float(inner), by)
         return cls(tuple(spec or ()))
+
+    @property
+    def column(self) -> str:
+        """The results.csv column the choice compares."""
+        return AUTO_CRITERIA[self.by]
 
 
 @dataclass
@@ -125,9 +141,11 @@ class StudyConfig:
             K runs on each subset (:mod:`smallmed.study.derived`); runs K-1 extra members per cell.
         auto: ``name -> [candidate methods]``: a derived method that takes, per subset seed, the
             candidate whose selected checkpoint had the best validation AUC (no extra runs); or
-            ``name -> {candidates: [...], inner_val: 0.3}``: the choice is made on extra runs that hold
-            out that fraction of the N training images as their val split, so it sees the training
-            subset only; the chosen candidate's own run is what is tested.
+            ``name -> {candidates: [...], inner_val: 0.3, by: late_mean}``: with ``inner_val`` the choice
+            is made on extra runs that hold out that fraction of the N training images as their val
+            split, so it sees the training subset only; ``by: late_mean`` compares the mean val AUC of
+            the second half of training instead of the best epoch's. The chosen candidate's own run is
+            what is tested.
         out_dir: where results, logs and cached source checkpoints go.
         wandb_project: when set, every run also logs to W&B, grouped by cell.
         keep_checkpoints: keep each run's checkpoints and report pictures (about 40 MB a run); off, a

@@ -10,7 +10,10 @@ checkpoint scored the best *validation* AUC, tested as it is. The validation spl
 recipe's checkpoint selection already uses; the test split is never looked at for the choice. With
 ``{candidates: [...], inner_val: 0.3}`` the choice is made on extra runs of each candidate that hold
 out 30% of the N training images as their val split (``data.init_args.inner_val``), so it sees the
-training subset only, as a user with N labelled images and nothing else would.
+training subset only, as a user with N labelled images and nothing else would. ``by: late_mean``
+compares each candidate's mean val AUC over the second half of its training instead of its best
+epoch's, which the max over noisy epochs inflates more for a fine-tune than for a frozen body
+(:mod:`smallmed.selection`).
 """
 
 from __future__ import annotations
@@ -107,15 +110,17 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
             else:
                 found = inner.get(key, {})
                 judged = {c: found.get((c, str(float(choice.inner_val)))) for c in choice.candidates}
-            if any(r is None or r.get("val_auroc") in ("", None) for r in judged.values()):
+            if any(r is None or r.get(choice.column) in ("", None) for r in judged.values()):
                 continue
-            chosen = max(choice.candidates, key=lambda c: float(judged[c]["val_auroc"]))  # ties: the first listed
+            chosen = max(choice.candidates, key=lambda c: float(judged[c][choice.column]))  # ties: the first listed
             picked = methods[chosen]
-            where = "val AUC" if choice.inner_val is None else f"val AUC on {choice.inner_val:g} of the training subset"
+            where = {"best": "val AUC", "late_mean": "late-mean val AUC"}[choice.by]
+            where += "" if choice.inner_val is None else f" on {choice.inner_val:g} of the training subset"
             derived.append({**{f: picked[f] for f in ("target", "source", "train_size", "variant", "seed")},
                             "method": name, "status": "ok", "test_auroc": picked["test_auroc"],
                             "test_acc": picked.get("test_acc", ""), "test_f1": picked.get("test_f1", ""),
                             "test_images": picked.get("test_images", ""), "val_auroc": judged[chosen]["val_auroc"],
+                            "val_auroc_late": judged[chosen].get("val_auroc_late", ""),
                             "note": f"chose {chosen} by {where}"})
     return derived
 

@@ -19,6 +19,7 @@ from typing import Any
 RESULT_FIELDS = [
     "target", "source", "method", "train_size", "variant", "seed", "status",
     "test_auroc", "test_acc", "test_f1", "test_images", "wall_s", "error", "val_auroc", "note",
+    "val_auroc_late",
 ]
 KEY_FIELDS = ("target", "source", "method", "train_size", "variant", "seed")
 

@@ -139,7 +139,8 @@ def run_cell(config: StudyConfig, cell: Cell, sources: dict[str, Any], out: Path
             metrics = run_spec(spec, lean=not config.keep_checkpoints)
         wall = metrics["wall_s"]
         row.update(status="ok", test_auroc=metrics.get("test/auroc"), test_acc=metrics.get("test/acc"),
-                   test_f1=metrics.get("test/f1"), test_images=metrics.get("test/images"), val_auroc=metrics.get("val/best"))
+                   test_f1=metrics.get("test/f1"), test_images=metrics.get("test/images"), val_auroc=metrics.get("val/best"),
+                   val_auroc_late=metrics.get("val/late_mean"))
     except SystemExit as exit_:
         # The config parser exits with 2 after printing why; Lightning turns SIGTERM (SIGTERMException)
         # and Ctrl-C (exit 1) into SystemExit too, and those stop the study, not just this cell.
