@@ -74,6 +74,32 @@ def test_results_tables_against_a_baseline_pairs_every_recipe_and_leaves_ensembl
     assert "comparison (paired by subset seed)" not in out  # one source, no peer: no empty comparisons table
 
 
+def test_auto_rules_replays_each_rule_on_the_val_curves_and_tests_the_chosen_run(tmp_path):
+    """A fine-tune with one lucky epoch (best 0.9, late mean 0.6) against a steady frozen body (0.7):
+    the best-epoch rule takes the fine-tune and its worse test AUC, the late-mean rule the frozen body."""
+    results, curves = tmp_path / "results.csv", tmp_path / "curves.csv"
+    with results.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["target", "method", "train_size", "variant", "seed", "status", "test_auroc"])
+        writer.writeheader()
+        for seed in range(3):
+            writer.writerow({"target": "t", "method": "feature_extractor", "train_size": 50, "variant": "", "seed": seed,
+                             "status": "ok", "test_auroc": 0.80})
+            writer.writerow({"target": "t", "method": "paper", "train_size": 50, "variant": "", "seed": seed,
+                             "status": "ok", "test_auroc": 0.70})
+    with curves.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["target", "source", "method", "train_size", "variant", "seed", "epoch",
+                                               "val_auroc", "val_loss"])
+        writer.writeheader()
+        for seed in range(3):
+            for method, aucs in (("feature_extractor", [0.7] * 4), ("paper", [0.5, 0.9, 0.6, 0.6])):
+                for epoch, auc in enumerate(aucs):
+                    writer.writerow({"target": "t", "source": "imagenet", "method": method, "train_size": 50, "variant": "",
+                                     "seed": seed, "epoch": epoch, "val_auroc": auc, "val_loss": 0.5})
+    out = run("benchmarks/auto_rules.py", "compare", str(results), str(curves))
+    assert "| best | val split | t | 50 | 3 | 3 | -0.100 [-0.100, -0.100] | +0.000 [+0.000, +0.000] |" in out
+    assert "| late_mean | val split | t | 50 | 3 | 0 | +0.000 [+0.000, +0.000] | +0.100 [+0.100, +0.100] |" in out
+
+
 def test_print_medians_gives_median_ratios_and_per_seed_paired_ratios(capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from vs_fastai import host, print_medians

@@ -39,12 +39,12 @@ def member_seed(seed: int, member: int) -> int:
 
 def is_member(row: dict[str, Any]) -> bool:
     """A member run k > 0 of an ensemble (reported inside its ensembles, not as a method of its own)."""
-    return any(k == MEMBER_KEY for k, _ in _variant_parts(row))
+    return any(k == MEMBER_KEY for k, _ in variant_parts(row))
 
 
 def is_auxiliary(row: dict[str, Any]) -> bool:
     """A run made only for a derived method: an ensemble member, or an auto choice's inner-validation run."""
-    return any(k in (MEMBER_KEY, INNER_VAL_KEY) for k, _ in _variant_parts(row))
+    return any(k in (MEMBER_KEY, INNER_VAL_KEY) for k, _ in variant_parts(row))
 
 
 def headline_auroc(task: str, probs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -92,7 +92,7 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
     for r in rows:
         if r["status"] != "ok" or is_member(r):
             continue
-        parts = _variant_parts(r)
+        parts = variant_parts(r)
         fraction = dict(parts).pop(INNER_VAL_KEY, None)
         base = variant_text(kv for kv in parts if kv[0] != INNER_VAL_KEY)
         key = (r["target"], r["source"], str(r["train_size"]), base, str(r["seed"]))
@@ -126,14 +126,15 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
 
 
 def variant_text(parts: Iterable[tuple[str, Any]]) -> str:
-    """A cell's variant as results.csv holds it (``key=value;key=value``); ``_variant_parts`` reads it back."""
+    """A cell's variant as results.csv holds it (``key=value;key=value``); ``variant_parts`` reads it back."""
     return ";".join(f"{k}={v}" for k, v in parts)
 
 
-def _variant_parts(row: dict[str, Any]) -> list[tuple[str, str]]:
+def variant_parts(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (key, value) pairs of a row's variant text (:func:`variant_text` writes it)."""
     return [tuple(part.split("=", 1)) for part in str(row.get("variant") or "").split(";") if "=" in part]
 
 
 def member_variant(row: dict[str, Any], member: int) -> list[tuple[str, str]]:
     """The variant of ensemble member ``member`` of the cell ``row`` belongs to (0: the cell itself)."""
-    return [kv for kv in _variant_parts(row) if kv[0] != MEMBER_KEY] + ([(MEMBER_KEY, str(member))] if member else [])
+    return [kv for kv in variant_parts(row) if kv[0] != MEMBER_KEY] + ([(MEMBER_KEY, str(member))] if member else [])
