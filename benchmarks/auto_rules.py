@@ -24,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smallmed.stats import paired_difference  # noqa: E402
-from smallmed.study.derived import INNER_VAL_KEY, variant_parts  # noqa: E402
 
 CURVE_FIELDS = ["target", "source", "method", "train_size", "variant", "seed", "epoch", "val_auroc", "val_loss"]
 Curve = list[tuple[float, float]]  # (val AUC, val loss) per epoch
@@ -71,8 +70,7 @@ def compare(results: Path, curves: Path, candidates: tuple[str, str]) -> None:
     runs: dict[tuple, Curve] = {}
     with curves.open(newline="") as f:
         for r in csv.DictReader(f):
-            inner = dict(variant_parts(r)).get(INNER_VAL_KEY)
-            key = (r["target"], r["train_size"], r["method"], int(r["seed"]), inner)
+            key = (r["target"], r["train_size"], r["method"], int(r["seed"]), r["variant"] or None)  # None: the val split
             runs.setdefault(key, []).append((float(r["val_auroc"]), float(r["val_loss"])))
     splits = sorted({k[4] for k in runs}, key=lambda s: s or "")
     cells = sorted({k[:2] for k in runs})
@@ -97,7 +95,7 @@ def compare(results: Path, curves: Path, candidates: tuple[str, str]) -> None:
                 for other in (a, b):
                     mean, low, high, _ = paired_difference(chosen, {s: tested[(target, size, other, s)] for s in chosen})
                     cols.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-                where = "val split" if split is None else f"inner {split}"
+                where = "val split" if split is None else split.replace("data.init_args.", "")
                 print(f"| {name} | {where} | {target} | {size} | {len(chosen)} | {picks} | {cols[0]} | {cols[1]} |")
 
 

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from smallmed.datamodules.device_batches import IndexDataset, augment_batch, centre_crop
 from smallmed.datamodules.intensity import GreyTrivialAugment, grey_trivial_augment
-from smallmed.datamodules.sampling import Sampling, class_counts, hold_out, sample_subset
+from smallmed.datamodules.sampling import Sampling, class_counts, fold_out, hold_out, sample_subset
 from smallmed.datamodules.transforms import eval_transform, resize_uint8, train_transform
 
 SPLITS = ("train", "val", "test")
@@ -71,6 +71,9 @@ class SmallImageDataModule(L.LightningDataModule):
         inner_val: hold out this fraction of each class of the training subset as the validation
             split, in place of the data's own val split: model selection (and a study's ``auto``
             choice) then sees the N training images only. The test split is unchanged.
+        inner_folds, inner_fold: instead of ``inner_val``, hold out fold ``inner_fold`` of
+            ``inner_folds`` stratified folds of the training subset: the folds' runs together
+            validate on every one of the N images once (a study's ``auto: {inner_folds: k}``).
         batch_size: training batch size (the paper uses 16).
         eval_batch_size: batch size for val / test / predict.
         num_workers: loader workers of the per-image path (``device_resident=False``); 0 is fastest
@@ -100,6 +103,8 @@ class SmallImageDataModule(L.LightningDataModule):
         augment: Literal["paper", "grey_trivial"] = "paper",
         augment_strength: float = 1.0,
         inner_val: float | None = None,
+        inner_folds: int | None = None,
+        inner_fold: int = 0,
         batch_size: int = 16,
         eval_batch_size: int = 256,
         num_workers: int = 0,
@@ -128,6 +133,14 @@ class SmallImageDataModule(L.LightningDataModule):
         if inner_val is not None and not 0.0 < inner_val < 1.0:
             raise ValueError(f"inner_val is the fraction of the training subset held out for validation, in (0, 1); got {inner_val}")
         self.inner_val = inner_val
+        if inner_folds is not None:
+            if inner_val is not None:
+                raise ValueError("give inner_val (one held-out fraction) or inner_folds (k folds), not both")
+            if inner_folds < 2 or not 0 <= inner_fold < inner_folds:
+                raise ValueError(f"inner_folds needs 2 or more folds and inner_fold one of 0..inner_folds-1; "
+                                 f"got inner_folds={inner_folds}, inner_fold={inner_fold}")
+        self.inner_folds = inner_folds
+        self.inner_fold = inner_fold
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -251,7 +264,7 @@ class SmallImageDataModule(L.LightningDataModule):
             class_names=self.class_names,
         )
         self._check_every_class_trains(train.labels, self.train_indices)
-        if self.inner_val is not None:
+        if self.inner_val is not None or self.inner_folds is not None:
             self._hold_out_inner_val(train.labels)
             val = torch.as_tensor(self.inner_val_indices)
             splits["val"] = Split(train.images[val], train.labels[self.inner_val_indices])
@@ -263,15 +276,22 @@ class SmallImageDataModule(L.LightningDataModule):
     def _hold_out_inner_val(self, labels: np.ndarray) -> None:
         """Split the drawn subset into the images trained on and the inner validation split."""
         drawn = labels[self.train_indices]
+        setting = f"inner_val={self.inner_val}" if self.inner_folds is None else f"inner_folds={self.inner_folds}"
+        least = 2 if self.inner_folds is None else self.inner_folds
         if drawn.ndim == 1:
-            small = [self.class_names[c] for c, n in enumerate(class_counts(drawn, self.num_classes)) if n < 2]
+            small = [self.class_names[c] for c, n in enumerate(class_counts(drawn, self.num_classes)) if n < least]
             if small:
+                why, hint = (("one to train on and one to validate on", "no inner_val") if self.inner_folds is None
+                             else ("one for each fold to validate on", "fewer inner_folds"))
                 raise ValueError(
-                    f"{self.source_name()}: inner_val={self.inner_val} needs at least 2 training images of each class, "
-                    f"one to train on and one to validate on; class(es) {small} have fewer in the subset "
-                    f"(train_size={self.train_size}, seed {self.seed}). HINT: a larger train_size, or no inner_val"
+                    f"{self.source_name()}: {setting} needs at least {least} training images of each class, "
+                    f"{why}; class(es) {small} have fewer in the subset "
+                    f"(train_size={self.train_size}, seed {self.seed}). HINT: a larger train_size, or {hint}"
                 )
-        kept, held = hold_out(drawn, self.inner_val, self.seed)
+        if self.inner_folds is None:
+            kept, held = hold_out(drawn, self.inner_val, self.seed)
+        else:
+            kept, held = fold_out(drawn, self.inner_folds, self.inner_fold, self.seed)
         self.train_indices, self.inner_val_indices = self.train_indices[kept], self.train_indices[held]
 
     def _check_every_class_trains(self, labels: np.ndarray, chosen: np.ndarray) -> None:

@@ -128,6 +128,22 @@ def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
     return np.setdiff1d(np.arange(len(labels)), held_idx), held_idx
 
 
+def fold_out(labels: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(kept, held)`` into ``labels``: fold ``fold`` of ``folds`` stratified folds held out.
+    Each class is shuffled with ``seed`` and dealt round the folds, continuing where the previous class
+    stopped, so the folds differ in size by one image at most and every fold holds out each class with
+    at least ``folds`` images. The ``folds`` held-out sets of one seed partition ``labels``."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} is not one of the {folds} folds (0..{folds - 1})")
+    rng = np.random.default_rng([seed, 7919])
+    if labels.ndim > 1:
+        order = rng.permutation(len(labels))
+    else:
+        order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+    held = np.sort(order[np.arange(len(order)) % folds == fold])
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     """Images per class (per label for multi-hot labels)."""
     labels = np.asarray(labels)

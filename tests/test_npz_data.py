@@ -360,3 +360,21 @@ def test_inner_val_holds_out_part_of_the_training_subset_as_the_val_split(breast
         setup_dm(breastmnist, class_counts={0: 1, 1: 10}, inner_val=0.5)
     with pytest.raises(ValueError, match=r"inner_val is the fraction .* in \(0, 1\); got 1.0"):
         NpzDataModule(str(breastmnist), inner_val=1.0)
+
+
+def test_inner_folds_validate_on_every_training_image_once(breastmnist):
+    plain = setup_dm(breastmnist, train_size=50, seed=4)
+    held = [setup_dm(breastmnist, train_size=50, seed=4, inner_folds=3, inner_fold=f) for f in range(3)]
+    assert [dm.summary()["val"] for dm in held] == [[9, 8], [8, 9], [8, 8]]  # each class dealt round the folds
+    for dm in held:
+        assert len(np.intersect1d(dm.train_indices, dm.inner_val_indices)) == 0
+        assert sorted(np.concatenate([dm.train_indices, dm.inner_val_indices])) == sorted(plain.train_indices)
+        assert dm.summary()["test"] == plain.summary()["test"]
+    assert sorted(np.concatenate([dm.inner_val_indices for dm in held])) == sorted(plain.train_indices)  # a partition
+    with pytest.raises(ValueError, match=r"inner_folds=5 needs at least 5 training images of each class.*\['malignant'\]"
+                                         r".*or fewer inner_folds"):
+        setup_dm(breastmnist, class_counts={0: 4, 1: 10}, inner_folds=5)
+    with pytest.raises(ValueError, match="inner_val .* or inner_folds .*, not both"):
+        NpzDataModule(str(breastmnist), inner_val=0.3, inner_folds=3)
+    with pytest.raises(ValueError, match="got inner_folds=3, inner_fold=3"):
+        NpzDataModule(str(breastmnist), inner_folds=3, inner_fold=3)

@@ -279,7 +279,8 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
 
     config = write_study(tmp_path, breastmnist, seeds=[0, 1], ensembles={"constant": [2, 3]},
                          auto={"auto": ["paper", "constant"], "inner": {"candidates": ["paper", "constant"], "inner_val": 0.3},
-                               "late": {"candidates": ["paper", "constant"], "by": "late_mean"}},
+                               "late": {"candidates": ["paper", "constant"], "by": "late_mean"},
+                               "folds": {"candidates": ["paper", "constant"], "inner_folds": 2, "by": "late_mean"}},
                          comparisons=[["constant_x3", "constant"], ["auto", "paper"]],
                          overrides=[*TINY, "--trainer.max_epochs", "5"])  # 34 images: 2 steps an epoch
     study_main(["--config", str(config)])
@@ -333,6 +334,18 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     late_mean = sum(float(by_seed[(m, s)]["test_auroc"]) for m, s in zip(expected_late, (0, 1))) / 2
     assert float(summary[("late", "")]["auroc_mean"]) == pytest.approx(late_mean, abs=1e-6)
     assert notes["late"] == f"chose {expected_late[0]} by late-mean val AUC"
+    # the folds' choice: each candidate's late mean averaged over its 2 fold runs, which split the subset
+    folds = {(r["method"], int(r["seed"]), r["variant"]): r for r in results if "inner_fold=" in r["variant"]}
+    assert len(folds) == 8 and all(v.startswith("data.init_args.inner_folds=2;data.init_args.inner_fold=") for _, _, v in folds)
+
+    def fold_score(method: str, seed: int) -> float:
+        return sum(float(folds[(method, seed, f"data.init_args.inner_folds=2;data.init_args.inner_fold={f}")]["val_auroc_late"])
+                   for f in (0, 1)) / 2
+
+    expected_folds = [max(("paper", "constant"), key=lambda m: fold_score(m, s)) for s in (0, 1)]
+    folds_mean = sum(float(by_seed[(m, s)]["test_auroc"]) for m, s in zip(expected_folds, (0, 1))) / 2
+    assert float(summary[("folds", "")]["auroc_mean"]) == pytest.approx(folds_mean, abs=1e-6)
+    assert notes["folds"] == f"chose {expected_folds[0]} by late-mean val AUC over 2 folds of the training subset"
     with (out / "paired.csv").open() as f:
         assert {r["compare"] for r in csv.DictReader(f)} == {"constant_x3 - constant", "auto - paper"}
 
@@ -344,6 +357,8 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner": 0.3}}}, r"auto.auto: unknown key\(s\) \['inner'\]"),
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_val": 1.5}}}, r"auto.auto.inner_val is a fraction"),
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "by": "last"}}}, r"auto.auto: by: 'last' is not a criterion.*late_mean"),
+    ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_folds": 1}}}, r"auto.auto: inner_folds is a number of folds, 2"),
+    ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_folds": 3, "inner_val": 0.3}}}, r"auto.auto: give inner_val"),
 ])
 def test_ensemble_and_auto_settings_are_checked_by_name(tmp_path, breastmnist, extra, message):
     with pytest.raises(ValueError, match=message):

@@ -18,7 +18,8 @@ A study YAML file reads like this (every section but ``targets`` and ``methods``
     ensembles: {paper: [3, 5]}    # derived methods paper_x3, paper_x5: K runs' test probabilities averaged
     auto: {auto: [feature_extractor, paper]}   # per seed, the candidate of best val AUC; or chosen on
                                   # the training subset only: {candidates: [...], inner_val: 0.3}, or by
-                                  # the second half's mean val AUC: {candidates: [...], by: late_mean}
+                                  # the second half's mean val AUC: {candidates: [...], by: late_mean};
+                                  # inner_folds: 3 validates on 3 folds of the training subset instead
     executor: local               # or slurm (see `slurm:`)
 """
 
@@ -89,19 +90,24 @@ class SlurmSettings:
     additional: dict[str, Any] = field(default_factory=dict)
 
 
-AUTO_KEYS = ("candidates", "inner_val", "by")
+INNER_VAL_KEY = "data.init_args.inner_val"
+INNER_FOLDS_KEY = "data.init_args.inner_folds"
+INNER_FOLD_KEY = "data.init_args.inner_fold"
+AUTO_KEYS = ("candidates", "inner_val", "inner_folds", "by")
 AUTO_CRITERIA = {"best": "val_auroc", "late_mean": "val_auroc_late"}  # what an auto choice compares -> its column
 
 
 @dataclass(frozen=True)
 class AutoChoice:
-    """An ``auto`` method: its candidates, the inner validation fraction (``None``: the val split), and
-    what it compares: ``best`` (the selected checkpoint's val AUC) or ``late_mean`` (the mean val AUC
-    over the second half of training, which the max-over-epochs selection has not inflated;
-    :mod:`smallmed.selection`)."""
+    """An ``auto`` method: its candidates, where it validates them (``inner_val``: a held-out fraction of
+    the training subset; ``inner_folds``: k folds of it, the score averaged over the folds; neither: the
+    data's val split), and what it compares: ``best`` (the selected checkpoint's val AUC) or
+    ``late_mean`` (the mean val AUC over the second half of training, which the max-over-epochs
+    selection has not inflated; :mod:`smallmed.selection`)."""
 
     candidates: tuple[str, ...]
     inner_val: float | None = None
+    inner_folds: int | None = None
     by: str = "best"
 
     @classmethod
@@ -113,8 +119,22 @@ class AutoChoice:
             inner, by = spec.get("inner_val"), spec.get("by", "best")
             if by not in AUTO_CRITERIA:
                 raise ValueError(f"by: {by!r} is not a criterion; choose one of {sorted(AUTO_CRITERIA)}")
-            return cls(tuple(spec.get("candidates") or ()), None if inner is None else float(inner), by)
+            folds = spec.get("inner_folds")
+            if folds is not None and (not isinstance(folds, int) or folds < 2):
+                raise ValueError(f"inner_folds is a number of folds, 2 or more; got {folds!r}")
+            if folds is not None and inner is not None:
+                raise ValueError("give inner_val (one held-out fraction) or inner_folds (k folds), not both")
+            return cls(tuple(spec.get("candidates") or ()), None if inner is None else float(inner), folds, by)
         return cls(tuple(spec or ()))
+
+    @property
+    def inner_variants(self) -> list[tuple[tuple[str, Any], ...]]:
+        """The grid values of the extra runs each candidate needs per cell (none for the val split)."""
+        if self.inner_val is not None:
+            return [((INNER_VAL_KEY, self.inner_val),)]
+        if self.inner_folds is not None:
+            return [((INNER_FOLDS_KEY, self.inner_folds), (INNER_FOLD_KEY, f)) for f in range(self.inner_folds)]
+        return []
 
     @property
     def column(self) -> str:
@@ -143,7 +163,8 @@ class StudyConfig:
             candidate whose selected checkpoint had the best validation AUC (no extra runs); or
             ``name -> {candidates: [...], inner_val: 0.3, by: late_mean}``: with ``inner_val`` the choice
             is made on extra runs that hold out that fraction of the N training images as their val
-            split, so it sees the training subset only; ``by: late_mean`` compares the mean val AUC of
+            split, so it sees the training subset only (``inner_folds: k`` instead: k runs per
+            candidate, each holding out one of k folds, their scores averaged); ``by: late_mean`` compares the mean val AUC of
             the second half of training instead of the best epoch's. The chosen candidate's own run is
             what is tested.
         out_dir: where results, logs and cached source checkpoints go.

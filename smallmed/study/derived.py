@@ -10,7 +10,9 @@ checkpoint scored the best *validation* AUC, tested as it is. The validation spl
 recipe's checkpoint selection already uses; the test split is never looked at for the choice. With
 ``{candidates: [...], inner_val: 0.3}`` the choice is made on extra runs of each candidate that hold
 out 30% of the N training images as their val split (``data.init_args.inner_val``), so it sees the
-training subset only, as a user with N labelled images and nothing else would. ``by: late_mean``
+training subset only, as a user with N labelled images and nothing else would; with ``inner_folds: k``
+on k runs per candidate, each holding out one of k stratified folds of the subset, their scores
+averaged, so every one of the N images validates once. ``by: late_mean``
 compares each candidate's mean val AUC over the second half of its training instead of its best
 epoch's, which the max over noisy epochs inflates more for a fine-tune than for a frozen body
 (:mod:`smallmed.selection`).
@@ -25,11 +27,11 @@ from typing import Any
 import torch
 
 from smallmed import tasks
-from smallmed.study.config import AutoChoice, ensemble_name
+from smallmed.study.config import INNER_FOLD_KEY, INNER_FOLDS_KEY, INNER_VAL_KEY, AutoChoice, ensemble_name
 from smallmed.study.predictions import predictions_path
 
 MEMBER_KEY = "member"
-INNER_VAL_KEY = "data.init_args.inner_val"
+INNER_KEYS = (INNER_VAL_KEY, INNER_FOLDS_KEY, INNER_FOLD_KEY)
 MEMBER_SEED_STRIDE = 1000
 
 
@@ -44,7 +46,7 @@ def is_member(row: dict[str, Any]) -> bool:
 
 def is_auxiliary(row: dict[str, Any]) -> bool:
     """A run made only for a derived method: an ensemble member, or an auto choice's inner-validation run."""
-    return any(k in (MEMBER_KEY, INNER_VAL_KEY) for k, _ in variant_parts(row))
+    return any(k == MEMBER_KEY or k in INNER_KEYS for k, _ in variant_parts(row))
 
 
 def headline_auroc(task: str, probs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -85,44 +87,56 @@ def ensemble_rows(out: Path, rows: Iterable[dict[str, Any]], ensembles: dict[str
 
 
 def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> list[dict[str, Any]]:
-    """A row per (auto method, subset seed) with every candidate done: the candidate of best val AUC
-    (of its own run, or of its inner-validation run), tested as its own run was."""
+    """A row per (auto method, subset seed) with every candidate done: the candidate of best score (its
+    own run's, or the mean over its inner-validation runs), tested as its own run was."""
     runs: dict[tuple, dict[str, dict[str, Any]]] = {}
     inner: dict[tuple, dict[tuple[str, str], dict[str, Any]]] = {}
     for r in rows:
         if r["status"] != "ok" or is_member(r):
             continue
         parts = variant_parts(r)
-        fraction = dict(parts).pop(INNER_VAL_KEY, None)
-        base = variant_text(kv for kv in parts if kv[0] != INNER_VAL_KEY)
-        key = (r["target"], r["source"], str(r["train_size"]), base, str(r["seed"]))
-        if fraction is None:
-            runs.setdefault(key, {})[r["method"]] = r
+        held = [kv for kv in parts if kv[0] in INNER_KEYS]
+        key = (r["target"], r["source"], str(r["train_size"]), variant_text(kv for kv in parts if kv[0] not in INNER_KEYS),
+               str(r["seed"]))
+        if held:
+            inner.setdefault(key, {})[(r["method"], variant_text(held))] = r
         else:
-            inner.setdefault(key, {})[(r["method"], str(float(fraction)))] = r
+            runs.setdefault(key, {})[r["method"]] = r
     derived = []
     for name, choice in auto.items():
         for key, methods in runs.items():
             if not all(c in methods for c in choice.candidates):
                 continue
-            if choice.inner_val is None:
-                judged = {c: methods[c] for c in choice.candidates}
-            else:
-                found = inner.get(key, {})
-                judged = {c: found.get((c, str(float(choice.inner_val)))) for c in choice.candidates}
-            if any(r is None or r.get(choice.column) in ("", None) for r in judged.values()):
+            judged = {c: [methods[c]] if not choice.inner_variants else
+                      [inner.get(key, {}).get((c, variant_text(v))) for v in choice.inner_variants]
+                      for c in choice.candidates}
+            if any(r is None for found in judged.values() for r in found):
                 continue
-            chosen = max(choice.candidates, key=lambda c: float(judged[c][choice.column]))  # ties: the first listed
+            scores = {c: _mean_of(judged[c], choice.column) for c in choice.candidates}
+            if any(v is None for v in scores.values()):
+                continue
+            chosen = max(choice.candidates, key=lambda c: scores[c])  # ties: the first listed
             picked = methods[chosen]
             where = {"best": "val AUC", "late_mean": "late-mean val AUC"}[choice.by]
-            where += "" if choice.inner_val is None else f" on {choice.inner_val:g} of the training subset"
+            if choice.inner_val is not None:
+                where += f" on {choice.inner_val:g} of the training subset"
+            elif choice.inner_folds is not None:
+                where += f" over {choice.inner_folds} folds of the training subset"
             derived.append({**{f: picked[f] for f in ("target", "source", "train_size", "variant", "seed")},
                             "method": name, "status": "ok", "test_auroc": picked["test_auroc"],
                             "test_acc": picked.get("test_acc", ""), "test_f1": picked.get("test_f1", ""),
-                            "test_images": picked.get("test_images", ""), "val_auroc": judged[chosen]["val_auroc"],
-                            "val_auroc_late": judged[chosen].get("val_auroc_late", ""),
+                            "test_images": picked.get("test_images", ""), "val_auroc": _mean_of(judged[chosen], "val_auroc"),
+                            "val_auroc_late": _mean_of(judged[chosen], "val_auroc_late"),
                             "note": f"chose {chosen} by {where}"})
     return derived
+
+
+def _mean_of(rows: list[dict[str, Any]], column: str) -> float | None:
+    """The mean of a column over runs (one run, or an auto choice's inner folds); ``None`` if any lacks it."""
+    values = [r.get(column) for r in rows]
+    if any(v in ("", None) for v in values):
+        return None
+    return sum(float(v) for v in values) / len(values)
 
 
 def variant_text(parts: Iterable[tuple[str, Any]]) -> str:

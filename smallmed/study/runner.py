@@ -18,7 +18,7 @@ from typing import Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from smallmed.study.config import RECIPE_SOURCE, StudyConfig
-from smallmed.study.derived import INNER_VAL_KEY, MEMBER_KEY, member_seed, member_variant, variant_text
+from smallmed.study.derived import MEMBER_KEY, member_seed, member_variant, variant_text
 from smallmed.study.predictions import predictions_path
 from smallmed.study.results import append_row
 from smallmed.study.runs import RunSpec, config_digest, csv_logger, run_spec
@@ -62,7 +62,7 @@ class Cell:
 def cells(config: StudyConfig) -> Iterator[Cell]:
     """Every cell, seeds innermost, so early results already cover every configuration; then the runs
     derived methods need: the extra members of seed ensembles (``member=k`` in the variant) and the
-    auto choices' inner-validation runs (``data.init_args.inner_val=f``)."""
+    auto choices' inner-validation runs (``data.init_args.inner_val=f``, or ``inner_folds=k;inner_fold=i``)."""
     axes = list(config.grid.items())
     variants = [tuple(zip([k for k, _ in axes], values)) for values in itertools.product(*[v for _, v in axes])]
     sizes = config.sizes if config.sizes is not None else [None]
@@ -76,11 +76,10 @@ def cells(config: StudyConfig) -> Iterator[Cell]:
         for target, source, method, size, variant, seed in grid:
             if member < max(config.ensembles.get(method, [0])):
                 yield Cell(target, source, method, None if size is None else int(size), (*variant, (MEMBER_KEY, member)), seed)
-    inner = sorted({(c, choice.inner_val) for choice in config.auto_choices.values() if choice.inner_val is not None
-                    for c in choice.candidates})
+    inner = sorted({(c, v) for choice in config.auto_choices.values() for c in choice.candidates for v in choice.inner_variants})
     for target, source, method, size, variant, seed in grid:
-        for fraction in [f for c, f in inner if c == method]:
-            yield Cell(target, source, method, None if size is None else int(size), (*variant, (INNER_VAL_KEY, fraction)), seed)
+        for held in [v for c, v in inner if c == method]:
+            yield Cell(target, source, method, None if size is None else int(size), (*variant, *held), seed)
 
 
 def member_cell_name(row: dict[str, Any], member: int) -> str:
