@@ -164,9 +164,9 @@ class StudyConfig:
             ``name -> {candidates: [...], inner_val: 0.3, by: late_mean}``: with ``inner_val`` the choice
             is made on extra runs that hold out that fraction of the N training images as their val
             split, so it sees the training subset only (``inner_folds: k`` instead: k runs per
-            candidate, each holding out one of k folds, their scores averaged); ``by: late_mean`` compares the mean val AUC of
-            the second half of training instead of the best epoch's. The chosen candidate's own run is
-            what is tested.
+            candidate, each holding out one of k folds, their scores averaged); ``by: late_mean``
+            compares the mean val AUC of the second half of training instead of the best epoch's.
+            The chosen candidate's own run is what is tested.
         out_dir: where results, logs and cached source checkpoints go.
         wandb_project: when set, every run also logs to W&B, grouped by cell.
         keep_checkpoints: keep each run's checkpoints and report pictures (about 40 MB a run); off, a
