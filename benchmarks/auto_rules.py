@@ -63,13 +63,15 @@ def extract(study: Path, out: Path, methods: list[str] | None = None) -> int:
     return written
 
 
-def compare(results: Path, curves: Path, candidates: tuple[str, str]) -> None:
+def compare(results: Path, curves: Path, candidates: tuple[str, str], seeds: list[int] | None = None) -> None:
     with results.open(newline="") as f:
         tested = {(r["target"], r["train_size"], r["method"], int(r["seed"])): float(r["test_auroc"])
                   for r in csv.DictReader(f) if r["status"] == "ok" and not r["variant"]}
     runs: dict[tuple, Curve] = {}
     with curves.open(newline="") as f:
         for r in csv.DictReader(f):
+            if seeds and int(r["seed"]) not in seeds:
+                continue
             key = (r["target"], r["train_size"], r["method"], int(r["seed"]), r["variant"] or None)  # None: the val split
             runs.setdefault(key, []).append((float(r["val_auroc"]), float(r["val_loss"])))
     splits = sorted({k[4] for k in runs}, key=lambda s: s or "")
@@ -110,11 +112,12 @@ def main() -> None:
     cmp.add_argument("results", type=Path)
     cmp.add_argument("curves", type=Path)
     cmp.add_argument("--candidates", nargs=2, default=("feature_extractor", "paper"))
+    cmp.add_argument("--seeds", nargs="+", type=int, help="only these subset seeds (e.g. those a rule was not picked on)")
     args = parser.parse_args()
     if args.command == "extract":
         print(f"{extract(args.study, args.out, args.methods)} epochs written to {args.out}")
     else:
-        compare(args.results, args.curves, tuple(args.candidates))
+        compare(args.results, args.curves, tuple(args.candidates), args.seeds)
 
 
 if __name__ == "__main__":
