@@ -131,8 +131,8 @@ def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
 def fold_out(labels: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(kept, held)`` into ``labels``: fold ``fold`` of ``folds`` stratified folds held out.
     Each class is shuffled with ``seed`` and dealt round the folds, continuing where the previous class
-    stopped, so the folds differ in size by one image at most and every fold holds out each class with
-    at least ``folds`` images. The ``folds`` held-out sets of one seed partition ``labels``."""
+    stopped, so the folds differ in size by one image at most and a class of at least ``folds`` images
+    is in every fold. The ``folds`` held-out sets of one seed partition ``labels``."""
     if not 0 <= fold < folds:
         raise ValueError(f"fold {fold} is not one of the {folds} folds (0..{folds - 1})")
     rng = np.random.default_rng([seed, 7919])

@@ -17,7 +17,8 @@ from typing_extensions import override
 
 
 class MonitorHistory(Callback):
-    """Record ``monitor`` after every validation of the fit (not the sanity check)."""
+    """Record ``monitor`` after every validation of the fit (not the sanity check); a resumed fit
+    records the epochs it runs, not those before the checkpoint."""
 
     def __init__(self, monitor: str) -> None:
         self.monitor = monitor
