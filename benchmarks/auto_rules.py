@@ -23,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from smallmed.selection import late_mean  # noqa: E402
 from smallmed.stats import paired_difference  # noqa: E402
+from smallmed.study.derived import is_member  # noqa: E402
 
 CURVE_FIELDS = ["target", "source", "method", "train_size", "variant", "seed", "epoch", "val_auroc", "val_loss"]
 Curve = list[tuple[float, float]]  # (val AUC, val loss) per epoch
@@ -31,7 +33,7 @@ Curve = list[tuple[float, float]]  # (val AUC, val loss) per epoch
 RULES: dict[str, Callable[[Curve], float]] = {
     "best": lambda c: max(a for a, _ in c),
     "last": lambda c: c[-1][0],
-    "late_mean": lambda c: statistics.mean(a for a, _ in c[len(c) // 2:]),
+    "late_mean": lambda c: late_mean([a for a, _ in c]),  # the study's own `by: late_mean`
     "mean_last3": lambda c: statistics.mean(a for a, _ in c[-3:]),
     "last_loss": lambda c: -c[-1][1],
     "min_loss": lambda c: -min(loss for _, loss in c),
@@ -44,7 +46,7 @@ def extract(study: Path, out: Path, methods: list[str] | None = None) -> int:
     from smallmed.study.runner import member_cell_name
 
     with (study / "results.csv").open(newline="") as f:
-        runs = [r for r in csv.DictReader(f) if r["status"] == "ok" and "member" not in r["variant"]
+        runs = [r for r in csv.DictReader(f) if r["status"] == "ok" and not is_member(r)
                 and (not methods or r["method"] in methods)]
     written = 0
     with out.open("w", newline="") as f:

@@ -44,18 +44,20 @@ def selection_score(trainer: L.Trainer) -> float | None:
     in-memory best's), as a float; ``None`` without selection."""
     from smallmed.callbacks import BestWeightsInMemory
 
-    for callback in trainer.callbacks:
-        if isinstance(callback, BestWeightsInMemory) and callback.best_score is not None:
-            return float(callback.best_score)
-    score = getattr(trainer.checkpoint_callback, "best_model_score", None) if trainer.checkpoint_callback else None
+    selector = _selector(trainer)
+    kept = "best_score" if isinstance(selector, BestWeightsInMemory) else "best_model_score"
+    score = getattr(selector, kept, None)
     return None if score is None else float(score)
 
 
 def selection_monitor(trainer: L.Trainer) -> str | None:
     """The metric the run selects its weights by (in-memory best or checkpoint callback); ``None`` without."""
+    return getattr(_selector(trainer), "monitor", None)
+
+
+def _selector(trainer: L.Trainer) -> Callback | None:
+    """The callback that keeps the run's best weights: the study's in-memory best, else the checkpoint callback."""
     from smallmed.callbacks import BestWeightsInMemory
 
-    for callback in trainer.callbacks:
-        if isinstance(callback, BestWeightsInMemory):
-            return callback.monitor
-    return getattr(trainer.checkpoint_callback, "monitor", None) if trainer.checkpoint_callback else None
+    in_memory = next((c for c in trainer.callbacks if isinstance(c, BestWeightsInMemory)), None)
+    return in_memory if in_memory is not None else trainer.checkpoint_callback

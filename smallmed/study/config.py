@@ -141,6 +141,16 @@ class AutoChoice:
         """The results.csv column the choice compares."""
         return AUTO_CRITERIA[self.by]
 
+    @property
+    def judged_by(self) -> str:
+        """What the choice compared, in words (the derived row's note)."""
+        words = {"best": "val AUC", "late_mean": "late-mean val AUC"}[self.by]
+        if self.inner_val is not None:
+            return f"{words} on {self.inner_val:g} of the training subset"
+        if self.inner_folds is not None:
+            return f"{words} over {self.inner_folds} folds of the training subset"
+        return words
+
 
 @dataclass
 class StudyConfig:

@@ -117,17 +117,12 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
                 continue
             chosen = max(choice.candidates, key=lambda c: scores[c])  # ties: the first listed
             picked = methods[chosen]
-            where = {"best": "val AUC", "late_mean": "late-mean val AUC"}[choice.by]
-            if choice.inner_val is not None:
-                where += f" on {choice.inner_val:g} of the training subset"
-            elif choice.inner_folds is not None:
-                where += f" over {choice.inner_folds} folds of the training subset"
             derived.append({**{f: picked[f] for f in ("target", "source", "train_size", "variant", "seed")},
                             "method": name, "status": "ok", "test_auroc": picked["test_auroc"],
                             "test_acc": picked.get("test_acc", ""), "test_f1": picked.get("test_f1", ""),
                             "test_images": picked.get("test_images", ""), "val_auroc": _mean_of(judged[chosen], "val_auroc"),
                             "val_auroc_late": _mean_of(judged[chosen], "val_auroc_late"),
-                            "note": f"chose {chosen} by {where}"})
+                            "note": f"chose {chosen} by {choice.judged_by}"})
     return derived
 
 
