@@ -280,7 +280,9 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     config = write_study(tmp_path, breastmnist, seeds=[0, 1], ensembles={"constant": [2, 3]},
                          auto={"auto": ["paper", "constant"], "inner": {"candidates": ["paper", "constant"], "inner_val": 0.3},
                                "late": {"candidates": ["paper", "constant"], "by": "late_mean"},
-                               "folds": {"candidates": ["paper", "constant"], "inner_folds": 2, "by": "late_mean"}},
+                               "folds": {"candidates": ["paper", "constant"], "inner_folds": 2, "by": "late_mean"},
+                               "both": {"candidates": ["paper", "constant"], "inner_folds": 2, "with_val_split": True,
+                                        "by": "late_mean"}},
                          comparisons=[["constant_x3", "constant"], ["auto", "paper"]],
                          overrides=[*TINY, "--trainer.max_epochs", "5"])  # 34 images: 2 steps an epoch
     study_main(["--config", str(config)])
@@ -336,6 +338,7 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     assert notes["late"] == f"chose {expected_late[0]} by late-mean val AUC"
     # the folds' choice: each candidate's late mean averaged over its 2 fold runs, which split the subset
     folds = {(r["method"], int(r["seed"]), r["variant"]): r for r in results if "inner_fold=" in r["variant"]}
+    # 2 methods x 2 seeds x 2 folds, shared by both fold choices
     assert len(folds) == 8 and all(v.startswith("data.init_args.inner_folds=2;data.init_args.inner_fold=") for _, _, v in folds)
 
     def fold_score(method: str, seed: int) -> float:
@@ -346,6 +349,18 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     folds_mean = sum(float(by_seed[(m, s)]["test_auroc"]) for m, s in zip(expected_folds, (0, 1))) / 2
     assert float(summary[("folds", "")]["auroc_mean"]) == pytest.approx(folds_mean, abs=1e-6)
     assert notes["folds"] == f"chose {expected_folds[0]} by late-mean val AUC over 2 folds of the training subset"
+    # with the val split too: the folds' mean and the own run's late mean, weighted equally (same runs)
+    def both_score(method: str, seed: int) -> float:
+        return (fold_score(method, seed) + float(by_seed[(method, seed)]["val_auroc_late"])) / 2
+
+    expected_both = [max(("paper", "constant"), key=lambda m: both_score(m, s)) for s in (0, 1)]
+    both_mean = sum(float(by_seed[(m, s)]["test_auroc"]) for m, s in zip(expected_both, (0, 1))) / 2
+    assert float(summary[("both", "")]["auroc_mean"]) == pytest.approx(both_mean, abs=1e-6)
+    with (out / "derived.csv").open() as f:
+        both_rows = {r["seed"]: r for r in csv.DictReader(f) if r["method"] == "both"}
+    assert float(both_rows["0"]["val_auroc_late"]) == pytest.approx(both_score(expected_both[0], 0), abs=1e-6)
+    assert notes["both"] == (f"chose {expected_both[0]} by late-mean val AUC over 2 folds of the training subset"
+                             " and on the val split, equally weighted")
     with (out / "paired.csv").open() as f:
         assert {r["compare"] for r in csv.DictReader(f)} == {"constant_x3 - constant", "auto - paper"}
 
@@ -359,6 +374,10 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "by": "last"}}}, r"auto.auto: by: 'last' is not a criterion.*late_mean"),
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_folds": 1}}}, r"auto.auto: inner_folds is a number of folds, 2"),
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_folds": 3, "inner_val": 0.3}}}, r"auto.auto: give inner_val"),
+    ({"auto": {"auto": {"candidates": ["paper", "constant"], "with_val_split": True}}},
+     r"auto.auto: with_val_split adds the val split to an inner validation; give inner_val or inner_folds"),
+    ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_folds": 3, "with_val_split": "yes"}}},
+     r"auto.auto: with_val_split is true or false; got 'yes'"),
 ])
 def test_ensemble_and_auto_settings_are_checked_by_name(tmp_path, breastmnist, extra, message):
     with pytest.raises(ValueError, match=message):

@@ -93,7 +93,7 @@ class SlurmSettings:
 INNER_VAL_KEY = "data.init_args.inner_val"
 INNER_FOLDS_KEY = "data.init_args.inner_folds"
 INNER_FOLD_KEY = "data.init_args.inner_fold"
-AUTO_KEYS = ("candidates", "inner_val", "inner_folds", "by")
+AUTO_KEYS = ("candidates", "inner_val", "inner_folds", "with_val_split", "by")
 AUTO_CRITERIA = {"best": "val_auroc", "late_mean": "val_auroc_late"}  # what an auto choice compares -> its column
 
 
@@ -101,14 +101,16 @@ AUTO_CRITERIA = {"best": "val_auroc", "late_mean": "val_auroc_late"}  # what an 
 class AutoChoice:
     """An ``auto`` method: its candidates, where it validates them (``inner_val``: a held-out fraction of
     the training subset; ``inner_folds``: k folds of it, the score averaged over the folds; neither: the
-    data's val split), and what it compares: ``best`` (the selected checkpoint's val AUC) or
-    ``late_mean`` (the mean val AUC over the second half of training, which the max-over-epochs
-    selection has not inflated; :mod:`smallmed.selection`)."""
+    data's val split; ``with_val_split``: the inner score and the val split's, averaged with equal
+    weight, as two independent estimates of one quantity), and what it compares: ``best`` (the
+    selected checkpoint's val AUC) or ``late_mean`` (the mean val AUC over the second half of training,
+    which the max-over-epochs selection has not inflated; :mod:`smallmed.selection`)."""
 
     candidates: tuple[str, ...]
     inner_val: float | None = None
     inner_folds: int | None = None
     by: str = "best"
+    with_val_split: bool = False
 
     @classmethod
     def of(cls, spec: list[str] | dict[str, Any]) -> AutoChoice:
@@ -124,7 +126,12 @@ class AutoChoice:
                 raise ValueError(f"inner_folds is a number of folds, 2 or more; got {folds!r}")
             if folds is not None and inner is not None:
                 raise ValueError("give inner_val (one held-out fraction) or inner_folds (k folds), not both")
-            return cls(tuple(spec.get("candidates") or ()), None if inner is None else float(inner), folds, by)
+            with_val = spec.get("with_val_split", False)
+            if not isinstance(with_val, bool):
+                raise ValueError(f"with_val_split is true or false; got {with_val!r}")
+            if with_val and inner is None and folds is None:
+                raise ValueError("with_val_split adds the val split to an inner validation; give inner_val or inner_folds too")
+            return cls(tuple(spec.get("candidates") or ()), None if inner is None else float(inner), folds, by, with_val)
         return cls(tuple(spec or ()))
 
     @property
@@ -146,10 +153,10 @@ class AutoChoice:
         """What the choice compared, in words (the derived row's note)."""
         words = {"best": "val AUC", "late_mean": "late-mean val AUC"}[self.by]
         if self.inner_val is not None:
-            return f"{words} on {self.inner_val:g} of the training subset"
-        if self.inner_folds is not None:
-            return f"{words} over {self.inner_folds} folds of the training subset"
-        return words
+            words = f"{words} on {self.inner_val:g} of the training subset"
+        elif self.inner_folds is not None:
+            words = f"{words} over {self.inner_folds} folds of the training subset"
+        return f"{words} and on the val split, equally weighted" if self.with_val_split else words
 
 
 @dataclass
@@ -174,7 +181,8 @@ class StudyConfig:
             ``name -> {candidates: [...], inner_val: 0.3, by: late_mean}``: with ``inner_val`` the choice
             is made on extra runs that hold out that fraction of the N training images as their val
             split, so it sees the training subset only (``inner_folds: k`` instead: k runs per
-            candidate, each holding out one of k folds, their scores averaged); ``by: late_mean``
+            candidate, each holding out one of k folds, their scores averaged); ``with_val_split: true``
+            averages that inner score with the candidate's own run's on the val split; ``by: late_mean``
             compares the mean val AUC of the second half of training instead of the best epoch's.
             The chosen candidate's own run is what is tested.
         out_dir: where results, logs and cached source checkpoints go.

@@ -12,7 +12,9 @@ recipe's checkpoint selection already uses; the test split is never looked at fo
 out 30% of the N training images as their val split (``data.init_args.inner_val``), so it sees the
 training subset only, as a user with N labelled images and nothing else would; with ``inner_folds: k``
 on k runs per candidate, each holding out one of k stratified folds of the subset, their scores
-averaged, so every one of the N images validates once. ``by: late_mean``
+averaged, so every one of the N images validates once; ``with_val_split: true`` averages that inner
+score with the candidate's own run's score on the val split, weighting the two equally (the folds
+see every training image, the val split images no candidate trained on). ``by: late_mean``
 compares each candidate's mean val AUC over the second half of its training instead of its best
 epoch's, which the max over noisy epochs inflates more for a fine-tune than for a frozen body
 (:mod:`smallmed.selection`).
@@ -112,7 +114,11 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
                       for c in choice.candidates}
             if any(r is None for found in judged.values() for r in found):
                 continue
-            scores = {c: _mean_of(judged[c], choice.column) for c in choice.candidates}
+            if choice.with_val_split:
+                judged = {c: [judged[c], [methods[c]]] for c in choice.candidates}
+            else:
+                judged = {c: [judged[c]] for c in choice.candidates}
+            scores = {c: _score(judged[c], choice.column) for c in choice.candidates}
             if any(v is None for v in scores.values()):
                 continue
             chosen = max(choice.candidates, key=lambda c: scores[c])  # ties: the first listed
@@ -120,10 +126,17 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
             derived.append({**{f: picked[f] for f in ("target", "source", "train_size", "variant", "seed")},
                             "method": name, "status": "ok", "test_auroc": picked["test_auroc"],
                             "test_acc": picked.get("test_acc", ""), "test_f1": picked.get("test_f1", ""),
-                            "test_images": picked.get("test_images", ""), "val_auroc": _mean_of(judged[chosen], "val_auroc"),
-                            "val_auroc_late": _mean_of(judged[chosen], "val_auroc_late"),
+                            "test_images": picked.get("test_images", ""), "val_auroc": _score(judged[chosen], "val_auroc"),
+                            "val_auroc_late": _score(judged[chosen], "val_auroc_late"),
                             "note": f"chose {chosen} by {choice.judged_by}"})
     return derived
+
+
+def _score(estimates: list[list[dict[str, Any]]], column: str) -> float | None:
+    """An auto candidate's score: the mean over its estimates (the inner runs, the val split's run) of
+    each estimate's mean over its runs; ``None`` if a run lacks the column."""
+    means = [_mean_of(rows, column) for rows in estimates]
+    return None if any(m is None for m in means) else sum(means) / len(means)
 
 
 def _mean_of(rows: list[dict[str, Any]], column: str) -> float | None:
