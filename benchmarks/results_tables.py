@@ -5,6 +5,7 @@
 
 Prints Markdown: per-cell mean test AUC with 95% intervals, and paired differences (same subset
 seeds) of every smallmed cell against fastai's ``fine_tune`` on its target, and between sources.
+``--seeds 20 21 ...`` keeps only those subset seeds, e.g. the ones a rule was not picked on.
 """
 
 from __future__ import annotations
@@ -43,18 +44,19 @@ def main() -> None:
     parser.add_argument("--wide", action="store_true", help="learning-curve tables: one row per recipe, one column per N")
     parser.add_argument("--baseline", default=None, help="also print every recipe's paired difference to this method (e.g. paper)")
     parser.add_argument("--plot", default=None, help="also draw learning_curve_<target>.png of every cell (fastai included) into this folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="only these subset seeds (default: all)")
     args = parser.parse_args()
+    kept = (lambda r: True) if args.seeds is None else (lambda r: int(r["seed"]) in args.seeds)
     cells: dict[tuple, dict[int, float]] = {}
     walls: dict[tuple, list[float]] = {}
     for path in args.results:
-        for r in load(path):
+        for r in filter(kept, load(path)):
             key = (r["target"], r["source"], r["method"], int(r["train_size"]))
             cells.setdefault(key, {})[int(r["seed"])] = float(r["test_auroc"])
             walls.setdefault(key, []).append(float(r["wall_s"] or 0))
     for spec in args.peer:
         target, _, path = spec.partition("=")
-        rows = load(path)
-        for r in rows:
+        for r in filter(kept, load(path)):
             key = (target, "imagenet", "fastai fine_tune", int(r["train_size"]))
             cells.setdefault(key, {})[int(r["seed"])] = float(r["test_auroc"])
             walls.setdefault(key, []).append(float(r["wall_s"]))

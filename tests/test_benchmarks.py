@@ -72,6 +72,8 @@ def test_results_tables_against_a_baseline_pairs_every_recipe_and_leaves_ensembl
     assert "**N=50**: each recipe minus paper" in out
     assert "| ema (imagenet) | +0.040 [" in out and "| paper_x3 (imagenet) | +0.050 [+0.050, +0.050] (3) |" in out
     assert "comparison (paired by subset seed)" not in out  # one source, no peer: no empty comparisons table
+    held_out = run("benchmarks/results_tables.py", str(study), str(derived), "--baseline", "paper", "--seeds", "1", "2")
+    assert "| t | imagenet | ema | 50 | 2 | 0.745 [" in held_out and "| ema (imagenet) | +0.045 [" in held_out
 
 
 def test_auto_rules_replays_each_rule_on_the_val_curves_and_tests_the_chosen_run(tmp_path):
