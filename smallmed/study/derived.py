@@ -114,10 +114,8 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
                       for c in choice.candidates}
             if any(r is None for found in judged.values() for r in found):
                 continue
-            if choice.with_val_split:
-                judged = {c: [judged[c], [methods[c]]] for c in choice.candidates}
-            else:
-                judged = {c: [judged[c]] for c in choice.candidates}
+            # each candidate's estimates: its inner runs (or own run), and with_val_split its own run too
+            judged = {c: [judged[c], [methods[c]]] if choice.with_val_split else [judged[c]] for c in choice.candidates}
             scores = {c: _score(judged[c], choice.column) for c in choice.candidates}
             if any(v is None for v in scores.values()):
                 continue
