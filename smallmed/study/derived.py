@@ -106,16 +106,18 @@ def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> li
             runs.setdefault(key, {})[r["method"]] = r
     derived = []
     for name, choice in auto.items():
+        variants = [variant_text(v) for v in choice.inner_variants]
         for key, methods in runs.items():
             if not all(c in methods for c in choice.candidates):
                 continue
-            judged = {c: [methods[c]] if not choice.inner_variants else
-                      [inner.get(key, {}).get((c, variant_text(v))) for v in choice.inner_variants]
-                      for c in choice.candidates}
-            if any(r is None for found in judged.values() for r in found):
+            # each candidate's estimates, each a list of runs: its inner runs (none: its own run), and
+            # with_val_split its own run too
+            judged = {}
+            for c in choice.candidates:
+                inner_runs = [inner.get(key, {}).get((c, v)) for v in variants]
+                judged[c] = [inner_runs, [methods[c]]] if inner_runs and choice.with_val_split else [inner_runs or [methods[c]]]
+            if any(r is None for estimates in judged.values() for found in estimates for r in found):
                 continue
-            # each candidate's estimates: its inner runs (or own run), and with_val_split its own run too
-            judged = {c: [judged[c], [methods[c]]] if choice.with_val_split else [judged[c]] for c in choice.candidates}
             scores = {c: _score(judged[c], choice.column) for c in choice.candidates}
             if any(v is None for v in scores.values()):
                 continue
