@@ -364,6 +364,22 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     with (out / "paired.csv").open() as f:
         assert {r["compare"] for r in csv.DictReader(f)} == {"constant_x3 - constant", "auto - paper"}
 
+    # a study grown from its committed CSVs has no predictions for its earlier subsets: their ensemble rows
+    # are kept from the earlier derived.csv, for the subsets the grid still holds
+    def ensembles() -> dict[tuple[str, str], str]:
+        with (out / "derived.csv").open() as f:
+            return {(r["method"], r["seed"]): r["test_auroc"] for r in csv.DictReader(f) if "_x" in r["method"]}
+
+    before = ensembles()
+    assert set(before) == {(m, s) for m in ("constant_x2", "constant_x3") for s in ("0", "1")}
+    for path in (out / "predictions").rglob("seed0.pt"):
+        path.unlink()
+    study_main(["--config", str(config), "--report-only"])
+    assert ensembles() == before
+    config.write_text(config.read_text().replace("seeds:\n- 0\n- 1\n", "seeds:\n- 1\n"))
+    study_main(["--config", str(config), "--report-only"])
+    assert ensembles() == {k: v for k, v in before.items() if k[1] == "1"}
+
 
 @pytest.mark.parametrize(("extra", "message"), [
     ({"ensembles": {"papr": [3]}}, "ensembles: 'papr' is not a method of the study"),

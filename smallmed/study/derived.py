@@ -31,6 +31,7 @@ import torch
 from smallmed import tasks
 from smallmed.study.config import INNER_FOLD_KEY, INNER_FOLDS_KEY, INNER_VAL_KEY, AutoChoice, ensemble_name
 from smallmed.study.predictions import predictions_path
+from smallmed.study.results import row_key
 
 MEMBER_KEY = "member"
 INNER_KEYS = (INNER_VAL_KEY, INNER_FOLDS_KEY, INNER_FOLD_KEY)
@@ -86,6 +87,20 @@ def ensemble_rows(out: Path, rows: Iterable[dict[str, Any]], ensembles: dict[str
                             "test_images": row.get("test_images", ""), "wall_s": round(wall, 2),
                             "note": f"mean of {k} runs' test probabilities"})
     return derived
+
+
+def earlier_ensemble_rows(earlier: Iterable[dict[str, Any]], computed: Iterable[dict[str, Any]],
+                          rows: Iterable[dict[str, Any]], ensembles: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """The ensemble rows of an earlier ``derived.csv`` that ``computed`` lacks because their members'
+    predictions are no longer on disk (a study grown from its committed CSVs, whose runs folder is
+    gone), for the subsets whose own cell is still among ``rows``: kept as they were, so that more
+    seeds add to the ensembles' pairs instead of replacing them."""
+    method_of = {ensemble_name(m, k): m for m, ks in ensembles.items() for k in ks}
+    done = {row_key(r) for r in computed}
+    cells = {row_key(r) for r in rows if r["status"] == "ok" and not is_member(r)}
+    return [r for r in earlier
+            if r["method"] in method_of and r["status"] == "ok" and row_key(r) not in done
+            and row_key({**r, "method": method_of[r["method"]]}) in cells]
 
 
 def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ from typing import Any
 from smallmed.study import executors
 from smallmed.study.config import StudyConfig, load_study_config
 from smallmed.study.plots import plot_learning_curves
-from smallmed.study.results import append_row, merged_rows, row_key, write_results
-from smallmed.study.derived import auto_rows, ensemble_rows, is_auxiliary
+from smallmed.study.results import append_row, merged_rows, read_rows, row_key, write_results
+from smallmed.study.derived import auto_rows, earlier_ensemble_rows, ensemble_rows, is_auxiliary
 from smallmed.study.runner import cells, member_cell_name, source_checkpoint
 from smallmed.study.summary import paired_comparisons, recommend, summarize, write_csv
 
@@ -62,8 +62,11 @@ def _prepare_sources(config: StudyConfig, out: Path, needed: set[str], slurm: bo
 
 def with_derived(config: StudyConfig, out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows a report covers: the runs (ensemble members inside their ensembles only) and the derived
-    methods' rows (seed ensembles, auto choices), which are also written to ``derived.csv``."""
-    derived = ensemble_rows(out, rows, config.ensembles, member_cell_name) + auto_rows(rows, config.auto_choices)
+    methods' rows (seed ensembles, auto choices), which are also written to ``derived.csv`` (an ensemble
+    row whose members' predictions are gone is kept from the earlier ``derived.csv``)."""
+    ensembles = ensemble_rows(out, rows, config.ensembles, member_cell_name)
+    ensembles += earlier_ensemble_rows(read_rows(out / "derived.csv"), ensembles, rows, config.ensembles)
+    derived = ensembles + auto_rows(rows, config.auto_choices)
     if derived:
         write_results(out, derived, name="derived.csv")
     return [r for r in rows if not is_auxiliary(r)] + derived
