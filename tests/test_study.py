@@ -271,13 +271,13 @@ def test_on_a_slurm_login_node_local_cells_do_not_each_tell_the_user_to_use_srun
     assert "is available on your system but is not used" not in done.stdout + done.stderr
 
 
-def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path, breastmnist):
+def test_seed_ensembles_blends_and_the_auto_choice_are_derived_from_saved_runs(tmp_path, breastmnist):
     import torch
 
     from smallmed.study.derived import headline_auroc
     from smallmed.study.predictions import predictions_path
 
-    config = write_study(tmp_path, breastmnist, seeds=[0, 1], ensembles={"constant": [2, 3]},
+    config = write_study(tmp_path, breastmnist, seeds=[0, 1], ensembles={"constant": [2, 3]}, blends={"mix": ["paper", "constant"]},
                          auto={"auto": ["paper", "constant"], "inner": {"candidates": ["paper", "constant"], "inner_val": 0.3},
                                "late": {"candidates": ["paper", "constant"], "by": "late_mean"},
                                "folds": {"candidates": ["paper", "constant"], "inner_folds": 2, "by": "late_mean"},
@@ -312,6 +312,16 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     assert float(summary[("constant_x2", "")]["auroc_mean"]) == pytest.approx(sum(expected_x2) / 2, abs=1e-6)
     walls = [float(r["wall_s"]) for r in results if r["method"] == "constant" and r["variant"] in ("", "member=1")]
     assert float(summary[("constant_x2", "")]["wall_s_mean"]) == pytest.approx(sum(walls) / 2, abs=0.02)  # K runs' cost
+
+    # the blend: the paper and constant runs' own test probabilities averaged, at the cost of both runs
+    def own(method: str, seed: int) -> dict:
+        return torch.load(predictions_path(out, f"breast/none/{method}/N50", seed), weights_only=True)
+
+    expected_mix = [headline_auroc("binary", (own("paper", s)["probs"] + own("constant", s)["probs"]) / 2,
+                                   own("paper", s)["targets"]) for s in (0, 1)]
+    assert float(summary[("mix", "")]["auroc_mean"]) == pytest.approx(sum(expected_mix) / 2, abs=1e-6)
+    own_walls = [float(r["wall_s"]) for r in results if r["method"] in ("paper", "constant") and not r["variant"]]
+    assert float(summary[("mix", "")]["wall_s_mean"]) == pytest.approx(sum(own_walls) / 2, abs=0.02)
 
     by_seed = {(r["method"], int(r["seed"])): r for r in results if not r["variant"]}
     expected_auto = [max(("paper", "constant"), key=lambda m: float(by_seed[(m, s)]["val_auroc"])) for s in (0, 1)]
@@ -364,14 +374,15 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     with (out / "paired.csv").open() as f:
         assert {r["compare"] for r in csv.DictReader(f)} == {"constant_x3 - constant", "auto - paper"}
 
-    # a study grown from its committed CSVs has no predictions for its earlier subsets: their ensemble rows
-    # are kept from the earlier derived.csv, for the subsets the grid still holds
+    # a study grown from its committed CSVs has no predictions for its earlier subsets: their ensemble and
+    # blend rows are kept from the earlier derived.csv, for the subsets the grid still holds
     def ensembles() -> dict[tuple[str, str], str]:
         with (out / "derived.csv").open() as f:
-            return {(r["method"], r["seed"]): r["test_auroc"] for r in csv.DictReader(f) if "_x" in r["method"]}
+            return {(r["method"], r["seed"]): r["test_auroc"] for r in csv.DictReader(f)
+                    if "_x" in r["method"] or r["method"] == "mix"}
 
     before = ensembles()
-    assert set(before) == {(m, s) for m in ("constant_x2", "constant_x3") for s in ("0", "1")}
+    assert set(before) == {(m, s) for m in ("constant_x2", "constant_x3", "mix") for s in ("0", "1")}
     for path in (out / "predictions").rglob("seed0.pt"):
         path.unlink()
     study_main(["--config", str(config), "--report-only"])
@@ -385,6 +396,11 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     ({"ensembles": {"papr": [3]}}, "ensembles: 'papr' is not a method of the study"),
     ({"ensembles": {"paper": [1]}}, r"ensembles.paper needs a list of ensemble sizes K >= 2"),
     ({"auto": {"auto": ["paper", "fe"]}}, r"auto.auto needs a list of at least two methods.*\['fe'\] unknown"),
+    ({"blends": {"mix": ["paper", "fe"]}}, r"blends.mix needs a list of at least two different methods.*\['fe'\] unknown"),
+    ({"blends": {"mix": ["paper", "paper"]}}, r"blends.mix needs a list of at least two different methods"),
+    ({"blends": {"mix": "paper"}}, r"blends.mix needs a list of at least two different methods of the study, got 'paper'"),
+    ({"blends": {"paper": ["paper", "constant"]}}, r"blends: 'paper' is already a method"),
+    ({"blend": {"mix": ["paper", "constant"]}}, r"unknown key 'blend'. Did you mean 'blends'\?"),
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner": 0.3}}}, r"auto.auto: unknown key\(s\) \['inner'\]"),
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_val": 1.5}}}, r"auto.auto.inner_val is a fraction"),
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "by": "last"}}}, r"auto.auto: by: 'last' is not a criterion.*late_mean"),
@@ -395,7 +411,7 @@ def test_seed_ensembles_and_the_auto_choice_are_derived_from_saved_runs(tmp_path
     ({"auto": {"auto": {"candidates": ["paper", "constant"], "inner_folds": 3, "with_val_split": "yes"}}},
      r"auto.auto: with_val_split is true or false; got 'yes'"),
 ])
-def test_ensemble_and_auto_settings_are_checked_by_name(tmp_path, breastmnist, extra, message):
+def test_ensemble_blend_and_auto_settings_are_checked_by_name(tmp_path, breastmnist, extra, message):
     with pytest.raises(ValueError, match=message):
         load_study_config(write_study(tmp_path, breastmnist, **extra))
 
@@ -408,3 +424,19 @@ def test_seeds_can_be_given_per_training_set_size(tmp_path, breastmnist):
     assert [(c.train_size, c.seed) for c in cells(config)] == [(50, 0), (50, 1), (100, 7)]
     with pytest.raises(ValueError, match=r"seeds gives no count for N=100"):
         load_study_config(write_study(tmp_path, breastmnist, sizes=[50, 100], seeds={50: 2}))
+
+
+def test_predictions_of_other_test_splits_are_not_averaged(tmp_path):
+    import torch
+
+    from smallmed.study.derived import averaged_auroc
+
+    one, other = tmp_path / "one.pt", tmp_path / "other.pt"
+    probs = torch.tensor([0.2, 0.9, 0.4, 0.7])
+    torch.save({"task": "binary", "probs": probs, "targets": torch.tensor([0, 1, 0, 1])}, one)
+    torch.save({"task": "binary", "probs": torch.tensor([0.9, 0.1, 0.2, 0.3]), "targets": torch.tensor([0, 1, 0, 1])}, other)
+    # alone 1.0 and 0.25; their mean (0.55, 0.5, 0.3, 0.5) orders 2 of the 4 positive-negative pairs
+    assert averaged_auroc([one, other]) == pytest.approx(0.5)
+    torch.save({"task": "binary", "probs": probs, "targets": torch.tensor([1, 1, 0, 0])}, other)
+    with pytest.raises(ValueError, match=r"other.pt holds the predictions of another test split than .*one.pt"):
+        averaged_auroc([one, other])

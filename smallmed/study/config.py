@@ -16,6 +16,7 @@ A study YAML file reads like this (every section but ``targets`` and ``methods``
     overrides: {trainer.max_epochs: 20}                                   # every run
     comparisons: [[paper, feature_extractor]]
     ensembles: {paper: [3, 5]}    # derived methods paper_x3, paper_x5: K runs' test probabilities averaged
+    blends: {fe_paper: [feature_extractor, paper]}   # the methods' own runs' test probabilities averaged
     auto: {auto: [feature_extractor, paper]}   # per seed, the candidate of best val AUC; or chosen on
                                   # the training subset only: {candidates: [...], inner_val: 0.3}, or by
                                   # the second half's mean val AUC: {candidates: [...], by: late_mean};
@@ -176,6 +177,8 @@ class StudyConfig:
         comparisons: pairs ``[a, b]`` of method or source names to compare, paired by seed.
         ensembles: ``method -> [K, ...]``: derived methods ``<method>_x<K>``, the mean test probabilities of
             K runs on each subset (:mod:`smallmed.study.derived`); runs K-1 extra members per cell.
+        blends: ``name -> [method, ...]``: a derived method, the mean test probabilities of those
+            methods' own runs on each subset (no extra runs).
         auto: ``name -> [candidate methods]``: a derived method that takes, per subset seed, the
             candidate whose selected checkpoint had the best validation AUC (no extra runs); or
             ``name -> {candidates: [...], inner_val: 0.3, by: late_mean}``: with ``inner_val`` the choice
@@ -204,6 +207,7 @@ class StudyConfig:
     overrides: dict[str, Any] | list[str] = field(default_factory=dict)
     comparisons: list[list[str]] = field(default_factory=list)
     ensembles: dict[str, list[int]] = field(default_factory=dict)
+    blends: dict[str, list[str]] = field(default_factory=dict)
     auto: dict[str, list[str] | dict[str, Any]] = field(default_factory=dict)
     out_dir: str = "runs/study"
     wandb_project: str | None = None
@@ -242,8 +246,8 @@ class StudyConfig:
 
     @property
     def derived_methods(self) -> list[str]:
-        """Methods made from other runs' results: ensembles, then auto choices."""
-        return [ensemble_name(m, k) for m, ks in self.ensembles.items() for k in ks] + list(self.auto)
+        """Methods made from other runs' results: ensembles, blends, then auto choices."""
+        return [ensemble_name(m, k) for m, ks in self.ensembles.items() for k in ks] + list(self.blends) + list(self.auto)
 
     @property
     def auto_choices(self) -> dict[str, AutoChoice]:
@@ -307,9 +311,16 @@ def check_study_config(config: StudyConfig, where: str = "study") -> None:
             raise ValueError(f"{where}: ensembles: {method!r} is not a method of the study ({sorted(config.methods)})")
         if not isinstance(sizes, list) or not sizes or any(not isinstance(k, int) or k < 2 for k in sizes):
             raise ValueError(f"{where}: ensembles.{method} needs a list of ensemble sizes K >= 2, got {sizes!r}")
-    for name, spec in config.auto.items():
+    for name, members in config.blends.items():
         if name in config.methods:
-            raise ValueError(f"{where}: auto: {name!r} is already a method; give the auto choice another name")
+            raise ValueError(f"{where}: blends: {name!r} is already a method; give the blend another name")
+        unknown = [m for m in members or [] if m not in config.methods] if isinstance(members, list) else []
+        if not isinstance(members, list) or len(set(members)) < 2 or len(set(members)) != len(members) or unknown:
+            raise ValueError(f"{where}: blends.{name} needs a list of at least two different methods of the study, got "
+                             f"{members!r}" + (f" ({unknown} unknown; methods: {sorted(config.methods)})" if unknown else ""))
+    for name, spec in config.auto.items():
+        if name in config.methods or name in config.blends:
+            raise ValueError(f"{where}: auto: {name!r} is already a method or blend; give the auto choice another name")
         try:
             choice = AutoChoice.of(spec)
         except ValueError as err:

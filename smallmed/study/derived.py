@@ -1,9 +1,14 @@
-"""Methods a study derives from the runs it already has: seed ensembles and the ``auto`` choice.
+"""Methods a study derives from the runs it already has: seed ensembles, blends and the ``auto`` choice.
 
 **Seed ensembles** (``ensembles: {paper: [3, 5]}``): the test probabilities of K runs of a method on
 the same training subset, averaged. Member 0 is the method's own cell; member k > 0 is a run with the
 training seed ``seed + 1000 k`` (other head initialisation, batch order and augmentation draws) and the
 same subset. Every cell saves its test probabilities, so K=3 and K=5 share their first three members.
+
+**Blends** (``blends: {fe_paper: [feature_extractor, paper]}``): the test probabilities of different
+methods' own runs on the same subset, averaged with equal weight: an ensemble of unlike models that
+costs no run beyond its members, which ``auto`` runs anyway. Where one member wins at small N and the
+other at larger N, the blend need not pick: nothing is chosen, so nothing can be chosen wrongly.
 
 **auto** (``auto: {auto: [feature_extractor, paper]}``): per subset seed, the candidate whose selected
 checkpoint scored the best *validation* AUC, tested as it is. The validation split is the one every
@@ -76,9 +81,7 @@ def ensemble_rows(out: Path, rows: Iterable[dict[str, Any]], ensembles: dict[str
         for k in sorted(ensembles[method]):
             if not all(p.is_file() for p in members[:k]):
                 continue
-            saved = [torch.load(p, weights_only=True) for p in members[:k]]
-            probs = torch.stack([s["probs"] for s in saved]).mean(0)
-            auc = headline_auroc(saved[0]["task"], probs, saved[0]["targets"])
+            auc = averaged_auroc(members[:k])
             wall = sum(walls.get((row["target"], row["source"], method, str(row["train_size"]),
                                   variant_text(member_variant(row, m)), str(seed)), 0.0)
                        for m in range(k))
@@ -89,18 +92,55 @@ def ensemble_rows(out: Path, rows: Iterable[dict[str, Any]], ensembles: dict[str
     return derived
 
 
-def earlier_ensemble_rows(earlier: Iterable[dict[str, Any]], computed: Iterable[dict[str, Any]],
-                          rows: Iterable[dict[str, Any]], ensembles: dict[str, list[int]]) -> list[dict[str, Any]]:
-    """The ensemble rows of an earlier ``derived.csv`` that ``computed`` lacks because their members'
-    predictions are no longer on disk (a study grown from its committed CSVs, whose runs folder is
-    gone), for the subsets whose own cell is still among ``rows``: kept as they were, so that more
-    seeds add to the ensembles' pairs instead of replacing them."""
-    method_of = {ensemble_name(m, k): m for m, ks in ensembles.items() for k in ks}
+def averaged_auroc(paths: list[Path]) -> float:
+    """The headline test AUC of the mean of several runs' saved test probabilities; the runs must have
+    tested the same images in the same order (one subset's test split), else the mean means nothing."""
+    saved = [torch.load(p, weights_only=True) for p in paths]
+    for path, other in zip(paths[1:], saved[1:]):
+        if other["task"] != saved[0]["task"] or not torch.equal(other["targets"], saved[0]["targets"]):
+            raise ValueError(f"{path} holds the predictions of another test split than {paths[0]} "
+                             "(other labels or task): they cannot be averaged")
+    probs = torch.stack([s["probs"] for s in saved]).mean(0)
+    return headline_auroc(saved[0]["task"], probs, saved[0]["targets"])
+
+
+def blend_rows(out: Path, rows: Iterable[dict[str, Any]], blends: dict[str, list[str]], cell_name: Any) -> list[dict[str, Any]]:
+    """A row per (blend, subset) whose members' own runs all have saved predictions: their test
+    probabilities averaged with equal weight; its cost is the members' runs together."""
+    runs: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] == "ok" and not is_auxiliary(r):
+            key = tuple(str(r[f]) for f in ("target", "source", "train_size", "variant", "seed"))
+            runs.setdefault(key, {})[r["method"]] = r
+    derived = []
+    for name, members in blends.items():
+        for methods in runs.values():
+            if not all(m in methods for m in members):
+                continue
+            paths = [predictions_path(out, cell_name(methods[m], 0), int(methods[m]["seed"])) for m in members]
+            if not all(p.is_file() for p in paths):
+                continue
+            first = methods[members[0]]
+            derived.append({**{f: first[f] for f in ("target", "source", "train_size", "variant", "seed")},
+                            "method": name, "status": "ok", "test_auroc": averaged_auroc(paths),
+                            "test_images": first.get("test_images", ""),
+                            "wall_s": round(sum(float(methods[m].get("wall_s") or 0) for m in members), 2),
+                            "note": f"mean of the test probabilities of {', '.join(members)}"})
+    return derived
+
+
+def earlier_derived_rows(earlier: Iterable[dict[str, Any]], computed: Iterable[dict[str, Any]],
+                         rows: Iterable[dict[str, Any]], bases: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The prediction-averaging rows (ensembles, blends) of an earlier ``derived.csv`` that ``computed``
+    lacks because their runs' predictions are no longer on disk (a study grown from its committed CSVs,
+    whose runs folder is gone), for the subsets where every method in ``bases[derived method]`` still
+    has its own cell among ``rows``: kept as they were, so that more seeds add to the derived methods'
+    pairs instead of replacing them."""
     done = {row_key(r) for r in computed}
     cells = {row_key(r) for r in rows if r["status"] == "ok" and not is_member(r)}
     return [r for r in earlier
-            if r["method"] in method_of and r["status"] == "ok" and row_key(r) not in done
-            and row_key({**r, "method": method_of[r["method"]]}) in cells]
+            if r["method"] in bases and r["status"] == "ok" and row_key(r) not in done
+            and all(row_key({**r, "method": m}) in cells for m in bases[r["method"]])]
 
 
 def auto_rows(rows: Iterable[dict[str, Any]], auto: dict[str, AutoChoice]) -> list[dict[str, Any]]:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from smallmed.study import executors
-from smallmed.study.config import StudyConfig, load_study_config
+from smallmed.study.config import StudyConfig, ensemble_name, load_study_config
 from smallmed.study.plots import plot_learning_curves
 from smallmed.study.results import append_row, merged_rows, read_rows, row_key, write_results
-from smallmed.study.derived import auto_rows, earlier_ensemble_rows, ensemble_rows, is_auxiliary
+from smallmed.study.derived import auto_rows, blend_rows, earlier_derived_rows, ensemble_rows, is_auxiliary
 from smallmed.study.runner import cells, member_cell_name, source_checkpoint
 from smallmed.study.summary import paired_comparisons, recommend, summarize, write_csv
 
@@ -62,11 +62,13 @@ def _prepare_sources(config: StudyConfig, out: Path, needed: set[str], slurm: bo
 
 def with_derived(config: StudyConfig, out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows a report covers: the runs (ensemble members inside their ensembles only) and the derived
-    methods' rows (seed ensembles, auto choices), which are also written to ``derived.csv`` (an ensemble
-    row whose members' predictions are gone is kept from the earlier ``derived.csv``)."""
-    ensembles = ensemble_rows(out, rows, config.ensembles, member_cell_name)
-    ensembles += earlier_ensemble_rows(read_rows(out / "derived.csv"), ensembles, rows, config.ensembles)
-    derived = ensembles + auto_rows(rows, config.auto_choices)
+    methods' rows (seed ensembles, blends, auto choices), which are also written to ``derived.csv`` (an
+    ensemble or blend row whose runs' predictions are gone is kept from the earlier ``derived.csv``)."""
+    averaged = ensemble_rows(out, rows, config.ensembles, member_cell_name)
+    averaged += blend_rows(out, rows, config.blends, member_cell_name)
+    bases = {**{ensemble_name(m, k): [m] for m, ks in config.ensembles.items() for k in ks}, **config.blends}
+    averaged += earlier_derived_rows(read_rows(out / "derived.csv"), averaged, rows, bases)
+    derived = averaged + auto_rows(rows, config.auto_choices)
     if derived:
         write_results(out, derived, name="derived.csv")
     return [r for r in rows if not is_auxiliary(r)] + derived
