@@ -136,6 +136,32 @@ def test_predict_default_output_is_in_the_run_folder(trained, tmp_path):
     assert not (logs / "smallmed" / "version_0" / "predictions_heatmaps").exists()  # heatmaps only when asked
 
 
+def test_two_predict_runs_blend_into_their_mean(trained, tmp_path):
+    """``train.py blend`` reads what ``predict`` writes: two checkpoints (the second with its last bias moved)."""
+    from smallmed.blend import blend_predictions
+
+    folder = tmp_path / "imgs"
+    for i in range(4):
+        save(folder / f"{i}.png", trained["test"][i])
+    moved = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
+    bias = [k for k in moved["state_dict"] if k.endswith(".bias")][-1]
+    moved["state_dict"][bias] += 1.0
+    torch.save(moved, tmp_path / "moved.ckpt")
+    outs = []
+    for ckpt in (trained["ckpt"], tmp_path / "moved.ckpt"):
+        outs.append(tmp_path / f"{Path(ckpt).stem}.csv")
+        main(["predict", "--config", str(trained["config"]), "--ckpt_path", str(ckpt),
+              f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}", "--predictions.images", str(folder),
+              "--predictions.out", str(outs[-1])])
+    one, other = (read_rows(o)[1] for o in outs)
+    assert all(abs(float(a["p_benign"]) - float(b["p_benign"])) > 0.05 for a, b in zip(one, other))
+    columns, rows = read_rows(blend_predictions(outs, tmp_path / "blend.csv"))
+    assert columns == ["file", "predicted", "p_malignant", "p_benign"] and [r["file"] for r in rows] == [r["file"] for r in one]
+    for r, a, b in zip(rows, one, other):
+        assert float(r["p_benign"]) == pytest.approx((float(a["p_benign"]) + float(b["p_benign"])) / 2, abs=2e-6)
+        assert r["predicted"] == CLASSES[int(float(r["p_benign"]) >= 0.5)]
+
+
 def test_multiclass_with_tta_rows_sum_to_one_and_use_the_tta_average(tmp_path):
     d = real(BREAST)
     folder = tmp_path / "imgs"
