@@ -28,7 +28,7 @@ def test_loop_overhead_prints_both_loops_and_their_ratio_on_the_device_resident_
     assert "32 images timed x 1" in out
     raw = float(out.split("raw PyTorch loop:")[1].split()[0])
     ours = float(out.split("smallmed (Lightning Trainer + callbacks):")[1].split()[0])
-    assert float(out.split("ratio smallmed / raw:")[1].split()[0]) == pytest.approx(ours / raw, abs=0.002)
+    assert float(out.split("ratio smallmed / raw:")[1].split()[0]) == pytest.approx(ours / raw, rel=0.01)  # the two times are printed rounded
 
 
 def test_results_tables_wide_pivots_recipes_by_n_with_paired_differences_to_fastai(tmp_path):
