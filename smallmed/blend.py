@@ -20,6 +20,8 @@ import math
 import sys
 from pathlib import Path
 
+from smallmed.labels import predicted_label
+
 PROBABILITY_PREFIX = "p_"
 
 
@@ -54,7 +56,7 @@ def is_multilabel(classes: list[str], rows: dict[str, tuple[str, list[float]]]) 
     """Whether a prediction CSV came from a multi-label model: a single-label one names the most probable
     class on every row, and its probabilities sum to 1."""
     for predicted, probs in rows.values():
-        if abs(sum(probs) - 1) > 1e-3 or predicted != classes[max(range(len(probs)), key=probs.__getitem__)]:
+        if abs(sum(probs) - 1) > 1e-3 or predicted != predicted_label(classes, probs, multilabel=False):
             return True
     return False
 
@@ -83,11 +85,7 @@ def blend_predictions(paths: list[Path], out: Path) -> Path:
         writer.writerow(["file", "predicted", *(PROBABILITY_PREFIX + c for c in classes)])
         for name in rows:
             mean = [sum(values) / len(read) for values in zip(*(r[name][1] for _, _, r in read))]
-            if multilabel:
-                predicted = "+".join(c for c, p in zip(classes, mean) if p >= 0.5)
-            else:
-                predicted = classes[max(range(len(mean)), key=mean.__getitem__)]
-            writer.writerow([name, predicted, *(f"{p:.6f}" for p in mean)])
+            writer.writerow([name, predicted_label(classes, mean, multilabel), *(f"{p:.6f}" for p in mean)])
     tmp.replace(out)
     return out
 

@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
 from smallmed.datamodules.predict import ImagesToPredict
+from smallmed.labels import predicted_label
 from smallmed.report.gradcam import CamMethod, classifier_heatmaps, overlay
 
 WANDB_HEATMAPS = 16  # heatmaps logged to W&B per predict run (all are written as files)
@@ -125,12 +126,9 @@ class PredictionWriter(BasePredictionWriter):
             if error:
                 self.unreadable.append((dataset.name(int(indices[i])), error))
         for i in ok:
-            p = per_class[i]
-            if task == "multilabel":
-                predicted = "+".join(n for n, v in zip(names, p.tolist()) if v >= 0.5)
-            else:
-                predicted = names[int(p.argmax())]
-            self._writer.writerow([dataset.name(int(indices[i])), predicted, *(f"{v:.6f}" for v in p.tolist())])
+            p = per_class[i].tolist()
+            predicted = predicted_label(names, p, task == "multilabel")
+            self._writer.writerow([dataset.name(int(indices[i])), predicted, *(f"{v:.6f}" for v in p)])
         self.written += len(ok)
         if self.heatmaps and ok:
             self._write_heatmaps(pl_module, dataset, images[ok], indices[ok], per_class[ok], names)

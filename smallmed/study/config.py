@@ -314,7 +314,7 @@ def check_study_config(config: StudyConfig, where: str = "study") -> None:
     for name, members in config.blends.items():
         if name in config.methods:
             raise ValueError(f"{where}: blends: {name!r} is already a method; give the blend another name")
-        unknown = [m for m in members or [] if m not in config.methods] if isinstance(members, list) else []
+        unknown = [m for m in members if m not in config.methods] if isinstance(members, list) else []
         if not isinstance(members, list) or len(set(members)) < 2 or len(set(members)) != len(members) or unknown:
             raise ValueError(f"{where}: blends.{name} needs a list of at least two different methods of the study, got "
                              f"{members!r}" + (f" ({unknown} unknown; methods: {sorted(config.methods)})" if unknown else ""))
