@@ -154,15 +154,3 @@ def slurm_cluster() -> str:
     if os.environ.get("SMALLMED_REQUIRE_SLURM") == "1":
         pytest.fail(message)
     pytest.skip(message + " (as root it installs and starts one)")
-
-
-@pytest.fixture(autouse=True)
-def _sigint_restored():
-    """Put back this process's SIGINT handler after each test: Lightning, on a KeyboardInterrupt, sets SIGINT
-    to ignored for its shutdown, and a child process inherits an ignored SIGINT, so a later test's
-    subprocess would not stop on Ctrl-C."""
-    import signal
-
-    handler = signal.getsignal(signal.SIGINT)
-    yield
-    signal.signal(signal.SIGINT, handler)

@@ -26,7 +26,15 @@ RUN = ["--config", str(REPO / "configs/paper_recipe.yaml"), "--model.init_args.p
 def train(save_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "train.py"), *RUN, "--data.init_args.path", str(DATA),
                              "--trainer.logger.init_args.save_dir", str(save_dir), *extra],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """The child starts with SIGINT at its default, as a run started from a terminal does: a suite started
+    in the background (``make test &``, nohup, some CI shells) or after Lightning's own Ctrl-C handling
+    can pass on an ignored SIGINT, and the Ctrl-C test would then watch a run that cannot be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 DATA = REPO.parent / "shared" / "data" / "breastmnist_28.npz"
