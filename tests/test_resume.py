@@ -32,8 +32,8 @@ def train(save_dir: Path, *extra: str) -> subprocess.Popen:
 
 def _ctrl_c_as_in_a_terminal() -> None:
     """The child starts with SIGINT at its default, as a run started from a terminal does: a suite started
-    in the background (``make test &``, nohup, some CI shells) or after Lightning's own Ctrl-C handling
-    can pass on an ignored SIGINT, and the Ctrl-C test would then watch a run that cannot be interrupted."""
+    with ``&`` by a non-interactive shell ignores SIGINT and would pass that on, and the Ctrl-C test would
+    then watch a run that cannot be interrupted."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
