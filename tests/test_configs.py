@@ -22,13 +22,16 @@ def kind(path: Path) -> str:
         return "study"
     if "model" in raw:
         return "train"
-    return "data" if set(raw) == {"data"} else "fragment"
+    if set(raw) == {"data"} and "class_path" in raw["data"]:
+        return "data"  # your own images, replacing the recipe's data set
+    return "fragment"  # a few keys added after a recipe (configs/image_size_128.yaml)
 
 
 TRAIN = [p for p in CONFIGS if kind(p) == "train"]
 NPZ_TRAIN = [p for p in TRAIN if "NpzDataModule" in p.read_text()]  # runnable on the shared data as shipped
 DATA = [p for p in CONFIGS if kind(p) == "data"]  # your own images, added after a recipe
 STUDY = [p for p in CONFIGS if kind(p) == "study"]
+FRAGMENTS = [p for p in CONFIGS if kind(p) == "fragment"]
 
 
 def test_configs_are_found():
@@ -58,6 +61,39 @@ def test_study_config_parses(config, monkeypatch):
     monkeypatch.chdir(REPO)
     study = load_study_config(config)
     assert study.methods and study.sizes
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in mapping.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _holds(resolved, wanted) -> bool:
+    """``resolved`` has every value of ``wanted`` (the parser adds defaults next to them)."""
+    if isinstance(wanted, dict):
+        return isinstance(resolved, dict) and all(k in resolved and _holds(resolved[k], v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(resolved, list) and len(resolved) == len(wanted) and all(map(_holds, resolved, wanted))
+    return resolved == wanted
+
+
+@pytest.mark.parametrize("config", FRAGMENTS, ids=lambda p: p.stem)
+def test_a_fragment_changes_only_its_own_keys_of_the_paper_recipe(config, monkeypatch, capsys):
+    from smallmed.cli import main
+
+    def resolved(*extra: str) -> dict:
+        with pytest.raises(SystemExit) as exc:
+            main(["--config", str(REPO / "configs/paper_recipe.yaml"), *extra, "--print_config"])
+        assert exc.value.code in (0, None)
+        return _flat(yaml.safe_load(capsys.readouterr().out))
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    before, after = resolved(), resolved("--config", str(config))
+    wanted = _flat(yaml.safe_load(config.read_text()))
+    assert wanted and all(_holds(after.get(k), v) for k, v in wanted.items()), wanted
+    assert {k for k in after if after[k] != before.get(k)} <= set(wanted)
 
 
 @pytest.mark.parametrize("config", DATA, ids=lambda p: p.stem)
