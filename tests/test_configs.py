@@ -63,6 +63,16 @@ def test_study_config_parses(config, monkeypatch):
     assert study.methods and study.sizes
 
 
+def paper_recipe_with(capsys, *configs: Path) -> dict:
+    """The paper recipe with ``configs`` added after it, as ``train.py --print_config`` resolves it."""
+    from smallmed.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(REPO / "configs/paper_recipe.yaml"), *(f"--config={c}" for c in configs), "--print_config"])
+    assert exc.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
 def _flat(mapping: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in mapping.items():
@@ -81,16 +91,8 @@ def _holds(resolved, wanted) -> bool:
 
 @pytest.mark.parametrize("config", FRAGMENTS, ids=lambda p: p.stem)
 def test_a_fragment_changes_only_its_own_keys_of_the_paper_recipe(config, monkeypatch, capsys):
-    from smallmed.cli import main
-
-    def resolved(*extra: str) -> dict:
-        with pytest.raises(SystemExit) as exc:
-            main(["--config", str(REPO / "configs/paper_recipe.yaml"), *extra, "--print_config"])
-        assert exc.value.code in (0, None)
-        return _flat(yaml.safe_load(capsys.readouterr().out))
-
     monkeypatch.setattr(sys, "argv", ["train.py"])
-    before, after = resolved(), resolved("--config", str(config))
+    before, after = _flat(paper_recipe_with(capsys)), _flat(paper_recipe_with(capsys, config))
     wanted = _flat(yaml.safe_load(config.read_text()))
     assert wanted and all(_holds(after.get(k), v) for k, v in wanted.items()), wanted
     assert {k for k in after if after[k] != before.get(k)} <= set(wanted)
@@ -98,13 +100,8 @@ def test_a_fragment_changes_only_its_own_keys_of_the_paper_recipe(config, monkey
 
 @pytest.mark.parametrize("config", DATA, ids=lambda p: p.stem)
 def test_the_own_images_configs_start_from_the_paper_recipe(config, monkeypatch, capsys):
-    from smallmed.cli import main
-
     monkeypatch.setattr(sys, "argv", ["train.py"])
-    with pytest.raises(SystemExit) as exc:
-        main(["--config", str(REPO / "configs/paper_recipe.yaml"), "--config", str(config), "--print_config"])
-    assert exc.value.code in (0, None)
-    resolved = yaml.safe_load(capsys.readouterr().out)
+    resolved = paper_recipe_with(capsys, config)
     assert resolved["data"]["class_path"] in ("smallmed.datamodules.ImageFolderDataModule", "smallmed.datamodules.ManifestDataModule")
     assert resolved["data"]["init_args"]["image_size"] == 64 and resolved["data"]["init_args"]["batch_size"] == 16
     callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in resolved["trainer"]["callbacks"]]
