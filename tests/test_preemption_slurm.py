@@ -45,7 +45,9 @@ def test_a_requeued_run_resumes_from_its_last_epoch_to_the_same_weights(tmp_path
     while squeue_state(job) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", ""):
         assert time.monotonic() < deadline + 240, (tmp_path / "job.out").read_text()
         if not hurried and waits_for_begin_time(job):  # SLURM holds a requeued job ~2 minutes before it may start again
-            hurried = subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"]).returncode == 0
+            # not "now": slurmd refuses a job whose credential was made in the second its old one was revoked
+            # (ctime <= revoked, whole seconds), and the requeued job then fails with "Job credential revoked"
+            hurried = subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now+2"]).returncode == 0
         time.sleep(0.5)
     out = (tmp_path / "job.out").read_text()
     assert squeue_state(job) in ("COMPLETED", ""), out[-3000:]
