@@ -196,3 +196,28 @@ def test_gpu_benchmarks_script_parses_and_passes_only_known_flags():
     for name, *words in calls:
         for flag in (w for w in words if w.startswith("--")):
             assert flag in helps[name], f"{name} does not take {flag}"
+
+
+def test_source_stage_curves_writes_the_latest_log_of_each_stage_and_names_a_missing_one(tmp_path):
+    out_dir = tmp_path / "study"
+    config = tmp_path / "study.yaml"
+    config.write_text(f"""
+out_dir: {out_dir}
+targets: {{t: ../shared/data/t.npz}}
+methods: {{paper: configs/paper_recipe.yaml}}
+source_stages:
+  chest: {{config: configs/lpft_recipe.yaml, data: a.npz, overrides: {{trainer.max_epochs: 2}}}}
+  knee: {{config: configs/paper_recipe.yaml, data: b.npz}}
+""")
+    for version, aucs in ((0, [0.1, 0.2]), (1, [0.91234, 0.95])):  # version_1 is the fit that made the cache
+        log = out_dir / "logs" / "sources" / "chest" / f"version_{version}" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        rows = [f"{epoch},,0.5" for epoch in range(2)] + [f"{epoch},{auc},0.4" for epoch, auc in enumerate(aucs)]
+        log.write_text("epoch,val/auroc,train/loss\n" + "\n".join(rows) + "\n")
+    csv_out = tmp_path / "curves.csv"
+    done = subprocess.run([sys.executable, "benchmarks/source_stage_curves.py", str(config), str(csv_out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "knee: no log" in done.stderr
+    assert csv_out.read_text() == ("stage,config,epochs,epoch,val_auroc\n"
+                                   "chest,lpft_recipe,2,0,0.9123\nchest,lpft_recipe,2,1,0.9500\n")
