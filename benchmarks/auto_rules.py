@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from smallmed.run_folder import newest_metrics_log  # noqa: E402
 from smallmed.selection import late_mean  # noqa: E402
 from smallmed.stats import paired_difference  # noqa: E402
 from smallmed.study.derived import is_member  # noqa: E402
@@ -53,10 +54,10 @@ def extract(study: Path, out: Path, methods: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, CURVE_FIELDS, lineterminator="\n")
         writer.writeheader()
         for run in runs:
-            logs = sorted((study / "logs" / member_cell_name(run, 0) / f"seed{run['seed']}").glob("*/metrics.csv"))
-            if not logs:
+            path = newest_metrics_log(study / "logs" / member_cell_name(run, 0) / f"seed{run['seed']}")
+            if path is None:
                 continue
-            with logs[-1].open(newline="") as log:
+            with path.open(newline="") as log:
                 epochs = [m for m in csv.DictReader(log) if m.get("val/auroc")]
             for m in epochs:
                 writer.writerow({**{k: run[k] for k in CURVE_FIELDS[:6]}, "epoch": m["epoch"],

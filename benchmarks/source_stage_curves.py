@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from smallmed.run_folder import newest_metrics_log  # noqa: E402
 from smallmed.study.config import load_study_config  # noqa: E402
 
 FIELDS = ["stage", "config", "epochs", "epoch", "val_auroc"]
@@ -25,12 +26,11 @@ def stage_curves(study_config: Path) -> list[dict[str, str]]:
     config = load_study_config(study_config)
     rows = []
     for name, stage in config.source_stages.items():
-        logs = sorted((Path(config.out_dir) / "logs" / "sources" / name).glob("version_*/metrics.csv"),
-                      key=lambda p: int(p.parent.name.removeprefix("version_")))
-        if not logs:
+        log = newest_metrics_log(Path(config.out_dir) / "logs" / "sources" / name)
+        if log is None:
             print(f"{name}: no log under {config.out_dir}/logs/sources/{name}; skipped", file=sys.stderr)
             continue
-        with logs[-1].open(newline="") as f:
+        with log.open(newline="") as f:
             epochs = [m for m in csv.DictReader(f) if m.get("val/auroc")]
         recipe = Path(stage.configs[-1]).stem
         max_epochs = stage.all_overrides.get("trainer.max_epochs", "")

@@ -95,6 +95,13 @@ def newest_last_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def newest_metrics_log(root: Path) -> Path | None:
+    """The most recently written ``*/metrics.csv`` (a CSV logger's ``version_N``) under a logger's ``save_dir``:
+    the run that finished last, when a cell or source stage was run more than once."""
+    found = sorted(Path(root).glob("*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 def _keep_none() -> dict[str, bool]:
     """jsonargparse's switch for writing keys whose value is None (renamed in 4.49)."""
     from importlib.metadata import version
