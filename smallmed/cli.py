@@ -225,8 +225,7 @@ def fit_and_test(
         trainer.callbacks.append(history)
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
-    except Requeued:
-        print(f"requeued SLURM job {slurm_job_id()}: it resumes from {run_dir(trainer) / 'checkpoints' / 'last.ckpt'}")
+    except Requeued:  # SlurmRequeue has said where the requeued job resumes from
         raise
     except (KeyboardInterrupt, SystemExit):
         last = last_checkpoint(run_dir(trainer)) if trainer.loggers and not study_cell else None

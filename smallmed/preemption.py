@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from typing import Any
 
 import lightning as L
@@ -63,7 +64,13 @@ class SlurmRequeue(Callback):
             return
         job = slurm_job_id()
         if trainer.is_global_zero:
-            rank_zero_info(f"SLURM's time-limit signal: requeuing job {job} after epoch {trainer.current_epoch - 1}")
+            # Said (and stdout flushed) before the requeue: SLURM may kill this process as soon as
+            # `scontrol requeue` returns, and a block-buffered stdout written after it is then lost.
+            last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "its last checkpoint"
+            rank_zero_info(f"SLURM's time-limit signal: requeuing SLURM job {job} after epoch "
+                           f"{trainer.current_epoch - 1}; the requeued job resumes from {last}")
+            sys.stdout.flush()
+            sys.stderr.flush()
             subprocess.run(["scontrol", "requeue", str(job)], check=True)
         raise Requeued(0)
 

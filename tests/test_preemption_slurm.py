@@ -51,7 +51,7 @@ def test_a_requeued_run_resumes_from_its_last_epoch_to_the_same_weights(tmp_path
         time.sleep(0.5)
     out = (tmp_path / "job.out").read_text()
     assert squeue_state(job) in ("COMPLETED", ""), out[-3000:]
-    assert f"requeued SLURM job {job}" in out and f"resuming from {last}" in out, out[-3000:]
+    assert f"requeuing SLURM job {job} after epoch" in out and f"resumes from {last}" in out and f"resuming from {last}" in out, out[-3000:]
 
     whole = subprocess.run([sys.executable, str(REPO / "train.py"), *RUN, "--data.init_args.path", str(DATA),
                             "--trainer.logger.init_args.save_dir", str(tmp_path / "here")], cwd=REPO, capture_output=True,
